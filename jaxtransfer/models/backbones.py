@@ -1,0 +1,123 @@
+"""Backbones: image → feature vector, built from blocks named `block_0 … block_{n-1}` in order.
+
+The order of the blocks is the order of computation, so "the last k blocks" is well defined for every
+backbone, and `drop_last=k` removes exactly those (the transfer surgery of the seed notes: "remove the
+last 3 layers, add 3 new ones"). A backbone never sees its head: its parameter tree is the same whatever
+head sits on top.
+
+Normalisation and freezing. `ResNet` uses BatchNorm, whose running statistics live in the `batch_stats`
+collection, not in `params`. A frozen block must not drift either way, so the model runs the BatchNorm
+layers of every block named in `frozen` in inference mode (running averages, no statistics update) even
+while training — Keras' rule for `trainable=False` BatchNorm. Blocks that train update their statistics
+as usual. The training loop derives `frozen` from the freeze rules: a block is frozen when all of its
+parameters are.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class ConvBlock(nn.Module):
+  """Two 3×3 convolutions with ReLU, then 2×2 max-pooling."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_0')(x))
+    x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_1')(x))
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseBlock(nn.Module):
+  """Flatten (if needed), Dense, ReLU."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(nn.Dense(self.features, name='dense')(x))
+
+
+class CNN(nn.Module):
+  """Small convolutional backbone: conv blocks (2 convs + pool each), then dense blocks.
+
+  `CNN(stages=(16, 32), dense=(128,))` has blocks block_0 (conv 16-16-pool), block_1 (conv 32-32-pool),
+  block_2 (dense 128). The output is the last block's activations, flattened.
+  """
+  stages: Sequence[int] = (16, 32)
+  dense: Sequence[int] = (128,)
+  drop_last: int = 0
+
+  def block_modules(self) -> list[tuple[str, Any]]:
+    kinds = [(ConvBlock, f) for f in self.stages] + [(DenseBlock, f) for f in self.dense]
+    return kinds[:len(kinds) - self.drop_last]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
+    del train, frozen  # No normalisation statistics in this backbone.
+    for i, (cls, features) in enumerate(self.block_modules()):
+      x = cls(features, name=f'block_{i}')(x)
+    return x.reshape(x.shape[0], -1)
+
+
+class ResidualBlock(nn.Module):
+  """Pre-activation-free basic residual block (conv-BN-ReLU-conv-BN + shortcut, ReLU)."""
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+    norm = lambda name: nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, name=name)
+    y = nn.Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='conv_0')(x)
+    y = nn.relu(norm('norm_0')(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv_1')(y)
+    y = norm('norm_1')(y)
+    if x.shape[-1] != self.features or self.strides != 1:
+      x = nn.Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='proj')(x)
+      x = norm('norm_proj')(x)
+    return nn.relu(x + y)
+
+
+class Stem(nn.Module):
+  """3×3 convolution + BatchNorm + ReLU (small images: no 7×7 stride-2 stem, no max-pool)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv')(x)
+    return nn.relu(nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, name='norm')(x))
+
+
+class ResNet(nn.Module):
+  """ResNet for small images: stem, then stages of basic residual blocks, then global average pooling.
+
+  `width` is the stem's channels; stage i has `width * 2**i` channels and `depth[i]` blocks, the first
+  of each stage after the first striding by 2. Blocks are numbered through: block_0 is the stem.
+  """
+  depth: Sequence[int] = (1, 1, 1)
+  width: int = 16
+  drop_last: int = 0
+
+  def block_modules(self) -> list[tuple[Any, dict[str, int]]]:
+    blocks: list[tuple[Any, dict[str, int]]] = [(Stem, {'features': self.width})]
+    for stage, n in enumerate(self.depth):
+      for j in range(n):
+        strides = 2 if stage > 0 and j == 0 else 1
+        blocks.append((ResidualBlock, {'features': self.width * 2**stage, 'strides': strides}))
+    return blocks[:len(blocks) - self.drop_last]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
+    for i, (cls, kwargs) in enumerate(self.block_modules()):
+      name = f'block_{i}'
+      x = cls(**kwargs, name=name)(x, use_running_average=not train or name in frozen)
+    return jnp.mean(x, axis=(1, 2))
+
+
+BACKBONES = {'cnn': CNN, 'resnet': ResNet}

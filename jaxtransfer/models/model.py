@@ -1,0 +1,72 @@
+"""A model is a backbone and a head, described by a JSON-serialisable spec.
+
+Parameters are `{'backbone': …, 'head': …}` (and `batch_stats` likewise when the backbone normalises).
+The spec is saved in every checkpoint, so a checkpoint alone is enough to rebuild its backbone:
+
+  spec = {'backbone': {'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
+          'head': {'name': 'linear', 'num_outputs': 10}}
+  model = build(spec)
+  variables = model.init(key, jnp.zeros((1, 28, 28, 1)))
+"""
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jaxtransfer.models.backbones import BACKBONES
+from jaxtransfer.models.heads import HEADS
+
+Spec = dict[str, Any]
+
+
+class Model(nn.Module):
+  """Backbone features → head outputs. `frozen` names backbone blocks whose BatchNorm stays in inference mode."""
+  backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
+    return self.head(self.features(x, train=train, frozen=frozen), train=train)
+
+  def features(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
+    return self.backbone(x, train=train, frozen=frozen)
+
+
+def _build_part(registry: Mapping[str, type[nn.Module]], spec: Mapping[str, Any], what: str) -> nn.Module:
+  kwargs = dict(spec)
+  name = kwargs.pop('name', None)
+  if name not in registry:
+    raise ValueError(f'unknown {what} {name!r}; known: {", ".join(sorted(registry))}')
+  try:
+    return registry[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+  except TypeError as e:
+    raise ValueError(f'bad {what} spec {dict(spec)}: {e}') from None
+
+
+def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
+  """The backbone module described by `spec` (`{'name': 'cnn' | 'resnet', **kwargs}`)."""
+  return _build_part(BACKBONES, spec, 'backbone')
+
+
+def build(spec: Mapping[str, Any]) -> Model:
+  """The full model described by `spec` (`{'backbone': …, 'head': …}`)."""
+  return Model(backbone=build_backbone(spec['backbone']), head=_build_part(HEADS, spec['head'], 'head'))
+
+
+def num_blocks(backbone_spec: Mapping[str, Any]) -> int:
+  """How many blocks the backbone has after its own `drop_last`."""
+  return len(build_backbone(backbone_spec).block_modules())
+
+
+def drop_last_blocks(backbone_spec: Mapping[str, Any], k: int) -> Spec:
+  """The spec of the same backbone with its last `k` blocks removed (surgery before transfer)."""
+  if k < 0:
+    raise ValueError(f'drop_last_blocks: k must be ≥ 0, got {k}')
+  n = num_blocks(backbone_spec)
+  if k >= n:
+    raise ValueError(f'drop_last_blocks: cannot drop {k} of the backbone\'s {n} blocks (at least one must stay)')
+  spec = copy.deepcopy(dict(backbone_spec))
+  spec['drop_last'] = spec.get('drop_last', 0) + k
+  return spec

@@ -1,0 +1,124 @@
+"""One rule language over '/'-joined parameter paths (big_vision style).
+
+A rule is `(regex, value)`. `resolve(rules, tree)` gives every leaf the value of the first rule whose
+regex fully matches the leaf's path (`backbone/block_2/conv_0/kernel`). It is strict, because a silent
+mistake here trains what should be frozen: every leaf must be covered, and a rule that matches no leaf
+is an error (a typo in a pattern would otherwise do nothing). The same rules drive freezing, learning-
+rate multipliers, weight-decay masks and sharding.
+
+Freeze presets (`trainable=`):
+  'all'      every parameter trains (full fine-tuning);
+  'head'     only the head trains (linear probe when the head is one layer);
+  'last:K'   the last K backbone blocks and the head train;
+  '<regex>'  the parameters whose path matches the regex train, all others are frozen.
+"""
+
+import re
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import jax
+
+T = TypeVar('T')
+Rules = Sequence[tuple[str, Any]]
+
+TRAIN, FREEZE = 'train', 'freeze'
+
+
+class RuleError(ValueError):
+  """A rule set that does not fit the parameter tree (uncovered leaf, rule that matches nothing)."""
+
+
+def path_str(path: Sequence[Any]) -> str:
+  """'/'-joined names of a `jax.tree_util` key path."""
+  parts = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return '/'.join(parts)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+  """{path: leaf} for every leaf of `tree`, in tree order."""
+  return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def resolve(rules: Rules, tree: Any, *, what: str = 'rule') -> Any:
+  """A tree shaped like `tree` holding, per leaf, the value of the first rule that matches its path."""
+  compiled = []
+  for pattern, value in rules:
+    try:
+      compiled.append((re.compile(pattern), value))
+    except re.error as e:
+      raise RuleError(f'{what} {pattern!r} is not a valid regex: {e}') from None
+  used = [False] * len(compiled)
+  uncovered = []
+
+  def value_of(path, _):
+    name = path_str(path)
+    for i, (regex, value) in enumerate(compiled):
+      if regex.fullmatch(name):
+        used[i] = True
+        return value
+    uncovered.append(name)
+    return None
+
+  out = jax.tree_util.tree_map_with_path(value_of, tree)
+  if uncovered:
+    raise RuleError(f'no {what} covers parameter(s): {", ".join(uncovered[:10])}'
+                    + (f' (+{len(uncovered) - 10} more)' if len(uncovered) > 10 else ''))
+  unused = [p for (p, _), u in zip(rules, used) if not u]
+  if unused:
+    raise RuleError(f'{what} {unused[0]!r} matches no parameter' + (f' (nor do {unused[1:]})' if unused[1:] else ''))
+  return out
+
+
+def block_names(params: Any) -> list[str]:
+  """Backbone block names (`block_0 …`) in computation order."""
+  names = [k for k in params['backbone'] if re.fullmatch(r'block_\d+', k)]
+  return sorted(names, key=lambda n: int(n.split('_')[1]))
+
+
+def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
+  """Expand a `trainable` preset or regex (see module docstring) into train/freeze rules."""
+  trainable = trainable.strip()
+  if trainable == 'all':
+    return [('.*', TRAIN)]
+  if trainable == 'head':
+    return [('head/.*', TRAIN), ('.*', FREEZE)]
+  if trainable.startswith('last:'):
+    blocks = block_names(params)
+    try:
+      k = int(trainable.split(':', 1)[1])
+    except ValueError:
+      raise RuleError(f'trainable {trainable!r}: expected last:K with an integer K') from None
+    if not 0 <= k <= len(blocks):
+      raise RuleError(f'trainable {trainable!r}: the backbone has {len(blocks)} blocks')
+    rules = [('head/.*', TRAIN)] + [(f'backbone/{b}/.*', TRAIN) for b in blocks[len(blocks) - k:]]
+    return rules + [('.*', FREEZE)] if k < len(blocks) else rules
+  return [(trainable, TRAIN), ('.*', FREEZE)]
+
+
+def freeze_labels(trainable: str, params: Any) -> Any:
+  """A tree of 'train' / 'freeze' labels for `params`, strict as `resolve`."""
+  rules = freeze_rules(trainable, params)
+  # The catch-all FREEZE rule is implicit in the presets: when nothing is left for it, drop it.
+  try:
+    return resolve(rules, params, what='freeze rule')
+  except RuleError as e:
+    if rules[-1] == ('.*', FREEZE) and str(e).startswith("freeze rule '.*' matches no parameter"):
+      return resolve(rules[:-1], params, what='freeze rule')
+    raise
+
+
+def frozen_blocks(labels: Any) -> tuple[str, ...]:
+  """Backbone blocks all of whose parameters are frozen (their BatchNorm runs in inference mode)."""
+  out = []
+  for name in block_names(labels):
+    if all(v == FREEZE for v in jax.tree_util.tree_leaves(labels['backbone'][name])):
+      out.append(name)
+  return tuple(out)

@@ -1,0 +1,82 @@
+"""Checkpoint → new model: restore the backbone, re-initialise the head, optional surgery.
+
+`init_from(path, params, batch_stats, drop_last)` is the one place where a pretrained backbone enters a
+model. Steps: read the checkpoint's shapes; compare them with the target backbone (strict: any missing,
+unexpected or shape-mismatched parameter raises one error listing every offending path, except the
+blocks deliberately dropped with `drop_last_blocks`); restore ONLY the `backbone` subtree (Orbax partial
+restore, so the old head is never read); check that every leaf really arrived (Orbax can silently
+restore part of a tree, orbax#2972); keep the target's freshly initialised head.
+"""
+
+from typing import Any
+
+import jax
+
+from jaxtransfer import checkpoint, rules
+from jaxtransfer.models import model as model_lib
+
+
+class TransferError(ValueError):
+  """The checkpoint's backbone does not fit the target backbone."""
+
+
+def source_backbone_spec(path: str, drop_last: int = 0) -> dict[str, Any]:
+  """The backbone spec stored in the checkpoint at `path`, with its last `drop_last` blocks removed."""
+  mngr, step = checkpoint.open_for_reading(path)
+  spec = checkpoint.read_meta(mngr, step)['model_spec']['backbone']
+  return model_lib.drop_last_blocks(spec, drop_last) if drop_last else spec
+
+
+def _block_index(path: str) -> int:
+  """The block number of 'backbone/block_<i>/…' (-1 for anything else)."""
+  name = path.split('/')[1]
+  return int(name[6:]) if name.startswith('block_') and name[6:].isdigit() else -1
+
+
+def check_fit(stored: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], *,
+              dropped_from: int | None = None, what: str = 'params') -> None:
+  """Raise one TransferError naming every backbone path that is missing, unexpected or mis-shaped.
+
+  `stored`/`target` map '/'-joined paths to shapes. Stored blocks numbered ≥ `dropped_from` are the ones
+  removed on purpose by `drop_last_blocks` and are skipped.
+  """
+  stored = {p: s for p, s in stored.items() if p.startswith('backbone/')
+            and (dropped_from is None or _block_index(p) < dropped_from)}
+  problems = []
+  mismatched = [f'{p} (checkpoint {stored[p]}, model {target[p]})'
+                for p in target if p in stored and tuple(stored[p]) != tuple(target[p])]
+  for label, paths in (('shape mismatch', mismatched),
+                       ('missing in checkpoint', [p for p in target if p not in stored]),
+                       ('unexpected in checkpoint', [p for p in stored if p not in target])):
+    if paths:
+      problems.append(f'{label}: {", ".join(paths)}')
+  if problems:
+    raise TransferError(f'checkpoint backbone does not fit the model [{what}]: ' + '; '.join(problems))
+
+
+def init_from(path: str, params: Any, batch_stats: Any, *, drop_last: int = 0) -> tuple[Any, Any]:
+  """(params, batch_stats) with the backbone restored from the checkpoint at `path`, the head untouched.
+
+  `params`/`batch_stats` are the target model's freshly initialised variables; restored arrays take
+  their shardings. `drop_last` is how many of the checkpoint's last backbone blocks the target dropped.
+  """
+  mngr, step = checkpoint.open_for_reading(path)
+  stored_items = checkpoint.read_meta(mngr, step).get('items', ())
+  dropped_from = len(rules.block_names(params)) if drop_last else None
+  restored = {}
+  for item, target in (('params', params), ('batch_stats', batch_stats)):
+    target_bb = (target or {}).get('backbone', {})
+    target_shapes = {'backbone/' + p: tuple(x.shape) for p, x in rules.flatten(target_bb).items()}
+    stored = checkpoint.item_shapes(mngr, step, item) if item in stored_items else {}
+    check_fit(stored, target_shapes, dropped_from=dropped_from, what=item)
+    if not target_shapes:
+      restored[item] = target
+      continue
+    abstract = {'backbone': jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_bb)}
+    out = checkpoint.restore_subtree(mngr, step, item, abstract)
+    lost = sorted(set(rules.flatten(abstract)) - set(rules.flatten(out)))
+    if lost:
+      raise TransferError(f'checkpoint {path}: restore returned no value for {", ".join(lost)}')
+    restored[item] = {**target, 'backbone': out['backbone']}
+  return restored['params'], restored['batch_stats']
