@@ -32,8 +32,11 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 
 def manager(directory: str, *, keep: int = 2, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (the `checkpoints/` dir of a workdir)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                         create=not read_only, read_only=read_only)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                           max_to_keep=None, enable_async_checkpointing=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=_handlers())
 
 

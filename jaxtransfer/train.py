@@ -67,16 +67,17 @@ def check_labels(labels: np.ndarray, num_outputs: int, where: str) -> None:
     raise ValueError(f'label {int(bad[0])} out of range for a head with {num_outputs} classes ({where})')
 
 
-def make_steps(model: model_lib.Model, tx: optax.GradientTransformation, frozen: tuple[str, ...]
-               ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-  """Pure (un-jitted) train and eval steps for a single-label classifier."""
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
 
-  def variables(params, batch_stats):
-    return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
+
+def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation,
+                    frozen: tuple[str, ...]) -> Callable[..., Any]:
+  """Pure (un-jitted) train step of a single-label classifier: (params, stats, opt_state, batch, key) → …"""
 
   def train_step(params, batch_stats, opt_state, batch, key):
     def loss_fn(p):
-      logits, mutated = model.apply(variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
+      logits, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
                                     rngs={'dropout': key}, mutable=['batch_stats'])
       return losses.softmax_cross_entropy(logits, batch['label']), (logits, mutated.get('batch_stats', batch_stats))
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -85,14 +86,20 @@ def make_steps(model: model_lib.Model, tx: optax.GradientTransformation, frozen:
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return params, new_stats, opt_state, {'loss': loss, 'accuracy': accuracy}
 
+  return train_step
+
+
+def make_eval_step(model: model_lib.Model) -> Callable[..., Any]:
+  """Pure eval step: sums of loss and correct predictions over the real (mask = 1) examples of a batch."""
+
   def eval_step(params, batch_stats, batch):
-    logits = model.apply(variables(params, batch_stats), batch['image'], train=False)
+    logits = model.apply(_variables(params, batch_stats), batch['image'], train=False)
     mask = batch['mask']
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return {'loss_sum': jnp.sum(nll * mask), 'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
             'count': jnp.sum(mask)}
 
-  return train_step, eval_step
+  return eval_step
 
 
 def evaluate(eval_step: Callable[..., Any], params: Any, batch_stats: Any, source: Any, batch_size: int,
@@ -155,9 +162,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
            start, len(indices) if indices is not None else len(train_labels), n_train,
            sum(x.size for x in jax.tree_util.tree_leaves(params)), list(frozen) or 'none')
 
-  train_step, eval_step = make_steps(model, tx, frozen)
-  train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
-  eval_step = jax.jit(eval_step)
+  train_step = jax.jit(make_train_step(model, tx, frozen), donate_argnums=(0, 1, 2))
+  eval_step = jax.jit(make_eval_step(model))
   eval_source = catalog.load(config.data.get('eval_name') or config.data.name, config.data.eval_split,
                              data_dir=data_dir, manual_dir=manual_dir)
   meta = {'model_spec': spec, 'config': config.to_dict(), 'class_names': info['class_names']}

@@ -1,0 +1,38 @@
+"""Evaluate a saved checkpoint: rebuild the model from the checkpoint's own spec and config."""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxtransfer import checkpoint, sharding, train
+from jaxtransfer.data import catalog
+from jaxtransfer.models import model as model_lib
+
+
+def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None = None,
+                        batch_size: int = 500) -> dict[str, Any]:
+  """Accuracy and loss of the checkpoint at `path` (workdir, checkpoints dir or step dir).
+
+  `data`/`split` default to the evaluation dataset and split the run was configured with.
+  """
+  mngr, step = checkpoint.open_for_reading(path)
+  meta = checkpoint.read_meta(mngr, step)
+  config = ml_collections.ConfigDict(meta['config'])
+  data = data or config.data.get('eval_name') or config.data.name
+  split = split or config.data.eval_split
+  info = catalog.info(data, data_dir=config.data.data_dir or None)
+  model = model_lib.build(meta['model_spec'])
+  mesh = sharding.make_mesh(config.mesh.data)
+  dummy = jax.numpy.zeros((1, *info['image_shape']), jax.numpy.float32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
+  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+                                    abstract)
+  params = checkpoint.restore_subtree(mngr, step, 'params', abstract['params'])
+  stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
+           if 'batch_stats' in abstract else {})
+  source = catalog.load(data, split, data_dir=config.data.data_dir or None,
+                        manual_dir=config.data.manual_dir or None)
+  result = train.evaluate(jax.jit(train.make_eval_step(model)), params, stats, source, batch_size, mesh)
+  return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

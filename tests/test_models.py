@@ -1,0 +1,63 @@
+"""Backbones and heads: tree layout, ordered blocks, surgery, BatchNorm under freezing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtransfer.models import model as model_lib
+
+X = jnp.asarray(np.random.RandomState(0).rand(4, 28, 28, 1), jnp.float32)
+
+
+def init(spec):
+  return model_lib.build(spec).init(jax.random.key(0), X)
+
+
+@pytest.mark.parametrize('backbone, n_blocks', [({'name': 'cnn', 'stages': [4, 8], 'dense': [16]}, 3),
+                                                ({'name': 'resnet', 'depth': [1, 2], 'width': 4}, 4)])
+def test_backbone_tree_does_not_depend_on_head(backbone, n_blocks):
+  a = init({'backbone': backbone, 'head': {'name': 'linear', 'num_outputs': 10}})
+  b = init({'backbone': backbone, 'head': {'name': 'mlp', 'num_outputs': 3, 'hidden': [7, 5]}})
+  shapes = lambda t: jax.tree_util.tree_map(jnp.shape, t)
+  assert shapes(a['params']['backbone']) == shapes(b['params']['backbone'])
+  assert list(a['params']['backbone']) == [f'block_{i}' for i in range(n_blocks)]
+  assert model_lib.num_blocks(backbone) == n_blocks
+  assert set(b['params']['head']) == {'layer_0', 'layer_1', 'out'}
+  assert b['params']['head']['layer_1']['kernel'].shape == (7, 5)
+
+
+@pytest.mark.parametrize('backbone', [{'name': 'cnn', 'stages': [4, 8], 'dense': [16]},
+                                      {'name': 'resnet', 'depth': [1, 1], 'width': 4}])
+def test_drop_last_blocks_removes_exactly_the_last_ones(backbone):
+  full = init({'backbone': backbone, 'head': {'name': 'linear', 'num_outputs': 2}})['params']['backbone']
+  cut_spec = model_lib.drop_last_blocks(backbone, 1)
+  cut = init({'backbone': cut_spec, 'head': {'name': 'linear', 'num_outputs': 2}})['params']['backbone']
+  assert list(cut) == list(full)[:-1]
+  for name in cut:
+    assert jax.tree_util.tree_map(jnp.shape, cut[name]) == jax.tree_util.tree_map(jnp.shape, full[name])
+  with pytest.raises(ValueError, match='cannot drop'):
+    model_lib.drop_last_blocks(backbone, model_lib.num_blocks(backbone))
+
+
+def test_features_have_the_backbone_output_width():
+  m = model_lib.build({'backbone': {'name': 'resnet', 'depth': [1, 1], 'width': 4},
+                       'head': {'name': 'linear', 'num_outputs': 2}})
+  v = m.init(jax.random.key(0), X)
+  assert m.apply(v, X, method=m.features).shape == (4, 8)
+  assert m.apply(v, X).shape == (4, 2)
+
+
+def test_frozen_blocks_keep_batchnorm_statistics():
+  spec = {'backbone': {'name': 'resnet', 'depth': [1], 'width': 4}, 'head': {'name': 'linear', 'num_outputs': 2}}
+  m = model_lib.build(spec)
+  v = m.init(jax.random.key(0), X)
+  _, mutated = m.apply(v, X, train=True, frozen=('block_0',), mutable=['batch_stats'])
+  old, new = v['batch_stats']['backbone'], mutated['batch_stats']['backbone']
+  np.testing.assert_array_equal(new['block_0']['norm']['mean'], old['block_0']['norm']['mean'])
+  assert not np.allclose(new['block_1']['norm_0']['mean'], old['block_1']['norm_0']['mean'])
+
+
+def test_unknown_backbone_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+    model_lib.build({'backbone': {'name': 'vgg'}, 'head': {'name': 'linear', 'num_outputs': 2}})

@@ -1,0 +1,108 @@
+"""The training loop end to end on embedded data: pretrain → checkpoint → transfer → fine-tune → resume."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtransfer import config as config_lib
+from jaxtransfer import evaluation, rules, train
+
+SMALL_CNN = {'name': 'cnn', 'stages': [8, 16], 'dense': [32]}
+
+
+def pretrain_cfg(data_dir):
+  c = config_lib.pretrain()
+  c.data.name, c.data.data_dir = 'glyphs/small', data_dir
+  c.model.backbone = SMALL_CNN
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 40, 64, 20, 20
+  c.train.eval_every = 20
+  return c
+
+
+def finetune_cfg(data_dir, init_from, trainable='all', steps=12):
+  c = config_lib.finetune(init_from=init_from, trainable=trainable, per_class=5)
+  c.data.data_dir = data_dir
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = steps, 16, 4, 4
+  return c
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('pretrain'))
+  out = train.train(pretrain_cfg(data_dir), workdir)
+  return workdir, out
+
+
+def test_pretrain_writes_the_documented_workdir(pretrained):
+  workdir, out = pretrained
+  assert out.init == 'scratch' and out.step == 40
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['20', '40']
+  assert {'params', 'meta', 'opt_state'} <= set(os.listdir(os.path.join(workdir, 'checkpoints', '40')))
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines if 'train/loss' in l] == [20, 40]
+  assert any('eval/accuracy' in l for l in lines)
+  assert lines[-1]['eval/count'] == 500
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tb')))
+  # Learned something about 62 glyph classes (chance = 1.6%).
+  assert out.metrics['accuracy'] > 0.10
+
+
+def test_evaluate_checkpoint_matches_the_training_run(pretrained):
+  workdir, out = pretrained
+  again = evaluation.evaluate_checkpoint(workdir)
+  assert again['count'] == 500
+  assert again['accuracy'] == pytest.approx(out.metrics['accuracy'], abs=1e-6)
+
+
+@pytest.mark.parametrize('trainable', ['head', 'last:1'])
+def test_finetune_from_checkpoint_freezes_as_asked(pretrained, data_dir, tmp_path, trainable):
+  pre_dir, pre = pretrained
+  out = train.train(finetune_cfg(data_dir, pre_dir, trainable), str(tmp_path))
+  assert out.init == 'init_from'
+  assert out.params['head']['out']['kernel'].shape == (32, 10)
+  labels = rules.flatten(rules.freeze_labels(trainable, out.params))
+  before, after = rules.flatten(pre.params), rules.flatten(out.params)
+  for path, label in labels.items():
+    if path.startswith('backbone/'):
+      assert np.array_equal(before[path], after[path]) == (label == rules.FREEZE), path
+
+
+def test_resume_is_bit_identical_and_never_reloads_init_from(pretrained, data_dir, tmp_path):
+  pre_dir, _ = pretrained
+  full = train.train(finetune_cfg(data_dir, pre_dir), str(tmp_path / 'full'))
+  # "Preempted" after 6 steps: the last checkpoint is step 4; steps 5–6 are lost and redone.
+  copy = str(tmp_path / 'pre_copy')
+  shutil.copytree(pre_dir, copy)
+  cut = train.train(finetune_cfg(data_dir, copy), str(tmp_path / 'cut'), stop_after=6)
+  assert cut.step == 6
+  shutil.rmtree(copy)  # Resuming must not need (nor read) the pretraining checkpoint.
+  resumed = train.train(finetune_cfg(data_dir, copy), str(tmp_path / 'cut'))
+  assert resumed.init == 'resume'
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, full.params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.opt_state, full.opt_state)
+  assert resumed.metrics['accuracy'] == full.metrics['accuracy']
+
+
+def test_drop_last_block_and_mlp_head(pretrained, data_dir, tmp_path):
+  pre_dir, pre = pretrained
+  c = finetune_cfg(data_dir, pre_dir, trainable='head')
+  c.transfer.drop_last_blocks = 1
+  c.model.head, c.model.head_hidden = 'mlp', (24, 24)
+  out = train.train(c, str(tmp_path))
+  assert list(out.params['backbone']) == ['block_0', 'block_1']
+  assert list(out.params['head']) == ['layer_0', 'layer_1', 'out']
+  assert out.params['head']['layer_0']['kernel'].shape == (7 * 7 * 16, 24)
+  np.testing.assert_array_equal(out.params['backbone']['block_1']['conv_0']['kernel'],
+                                pre.params['backbone']['block_1']['conv_0']['kernel'])
+
+
+def test_label_out_of_range_is_reported(data_dir, tmp_path):
+  c = finetune_cfg(data_dir, '')
+  c.model.backbone = SMALL_CNN
+  c.model.num_outputs = 5
+  with pytest.raises(ValueError, match=r'label 5 out of range for a head with 5 classes \(real_digits split train\)'):
+    train.train(c, str(tmp_path))

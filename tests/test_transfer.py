@@ -1,0 +1,106 @@
+"""Strict backbone transfer from an Orbax checkpoint."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtransfer import checkpoint, rules, transfer
+from jaxtransfer.models import model as model_lib
+
+BACKBONE = {'name': 'cnn', 'stages': [4, 8], 'dense': [16]}
+X = jnp.zeros((1, 12, 12, 1))
+
+
+def _init(spec, seed):
+  v = model_lib.build(spec).init(jax.random.key(seed), X)
+  return v['params'], v.get('batch_stats', {})
+
+
+def _save(tmp_path, spec, seed=0):
+  params, stats = _init(spec, seed)
+  mngr = checkpoint.manager(str(tmp_path / 'pre' / 'checkpoints'))
+  checkpoint.save(mngr, 7, params=params, batch_stats=stats, opt_state={'x': jnp.zeros(2)},
+                  meta={'model_spec': spec, 'config': {}})
+  mngr.wait_until_finished()
+  mngr.close()
+  return str(tmp_path / 'pre'), params, stats
+
+
+def test_new_head_shape_restores_backbone_and_keeps_fresh_head(tmp_path):
+  path, saved, _ = _save(tmp_path, {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 62}})
+  target, stats = _init({'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 10}}, seed=1)
+  params, _ = transfer.init_from(path, target, stats)
+  for p, x in rules.flatten(params['backbone']).items():
+    np.testing.assert_array_equal(x, rules.flatten(saved['backbone'])[p])
+    assert not np.array_equal(x, rules.flatten(target['backbone'])[p]) or 'bias' in p
+  for p, x in rules.flatten(params['head']).items():
+    np.testing.assert_array_equal(x, rules.flatten(target['head'])[p])
+  assert params['head']['out']['kernel'].shape == (16, 10)
+
+
+def test_wider_layer_is_one_error_naming_the_path(tmp_path):
+  path, _, _ = _save(tmp_path, {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 10}})
+  wider = dict(BACKBONE, dense=[17])
+  target, stats = _init({'backbone': wider, 'head': {'name': 'linear', 'num_outputs': 10}}, seed=1)
+  with pytest.raises(transfer.TransferError) as e:
+    transfer.init_from(path, target, stats)
+  msg = str(e.value)
+  assert '\n' not in msg
+  assert 'backbone/block_2/dense/kernel (checkpoint (72, 16), model (72, 17))' in msg
+  assert 'backbone/block_2/dense/bias' in msg and 'block_1' not in msg
+
+
+def test_extra_or_missing_blocks_are_reported(tmp_path):
+  path, _, _ = _save(tmp_path, {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 10}})
+  deeper = dict(BACKBONE, dense=[16, 16])
+  target, stats = _init({'backbone': deeper, 'head': {'name': 'linear', 'num_outputs': 10}}, seed=1)
+  with pytest.raises(transfer.TransferError, match='missing in checkpoint: backbone/block_3/dense/bias'):
+    transfer.init_from(path, target, stats)
+  shallower = dict(BACKBONE, dense=[])  # Fewer blocks without asking for drop_last: unexpected leftovers.
+  target, stats = _init({'backbone': shallower, 'head': {'name': 'linear', 'num_outputs': 10}}, seed=1)
+  with pytest.raises(transfer.TransferError, match='unexpected in checkpoint: backbone/block_2/dense'):
+    transfer.init_from(path, target, stats)
+
+
+def test_drop_last_blocks_restores_the_kept_blocks(tmp_path):
+  spec = {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 10}}
+  path, saved, _ = _save(tmp_path, spec)
+  cut = transfer.source_backbone_spec(path, drop_last=1)
+  assert cut['drop_last'] == 1
+  target, stats = _init({'backbone': cut, 'head': {'name': 'mlp', 'num_outputs': 5, 'hidden': [8, 8]}}, seed=1)
+  params, _ = transfer.init_from(path, target, stats, drop_last=1)
+  assert list(params['backbone']) == ['block_0', 'block_1']
+  np.testing.assert_array_equal(params['backbone']['block_1']['conv_1']['kernel'],
+                                saved['backbone']['block_1']['conv_1']['kernel'])
+
+
+def test_resnet_batch_stats_are_transferred(tmp_path):
+  spec = {'backbone': {'name': 'resnet', 'depth': [1], 'width': 4}, 'head': {'name': 'linear', 'num_outputs': 3}}
+  params, stats = _init(spec, 0)
+  stats = jax.tree_util.tree_map(lambda x: x + 1.5, stats)
+  mngr = checkpoint.manager(str(tmp_path / 'r' / 'checkpoints'))
+  checkpoint.save(mngr, 1, params=params, batch_stats=stats, opt_state={'x': jnp.zeros(1)}, meta={'model_spec': spec})
+  mngr.wait_until_finished()
+  target, target_stats = _init({**spec, 'head': {'name': 'linear', 'num_outputs': 4}}, 1)
+  _, got = transfer.init_from(str(tmp_path / 'r'), target, target_stats)
+  np.testing.assert_array_equal(got['backbone']['block_1']['norm_0']['var'], stats['backbone']['block_1']['norm_0']['var'])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint directory at .*nowhere'):
+    transfer.init_from(str(tmp_path / 'nowhere'), {}, {})
+  os.makedirs(tmp_path / 'empty' / 'checkpoints')
+  with pytest.raises(checkpoint.CheckpointError, match='no complete checkpoint'):
+    transfer.init_from(str(tmp_path / 'empty'), {}, {})
+
+
+def test_half_written_checkpoint_is_not_taken(tmp_path):
+  """A step directory without Orbax's commit marker (a save killed mid-way) is never restored."""
+  path, _, _ = _save(tmp_path, {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 10}})
+  ckpts = tmp_path / 'pre' / 'checkpoints'
+  os.makedirs(ckpts / '9.orbax-checkpoint-tmp-123' / 'params')
+  mngr, step = checkpoint.open_for_reading(path)
+  assert step == 7
