@@ -105,11 +105,13 @@ def open_for_reading(path: str) -> tuple[ocp.CheckpointManager, int]:
   return mngr, step
 
 
-def restore_subtree(mngr: ocp.CheckpointManager, step: int, item: str, abstract: Any) -> Any:
+def restore_subtree(mngr: ocp.CheckpointManager, step: int, item: str, abstract: Any | None) -> Any:
   """Restore only the part of item `item` that `abstract` names (Orbax partial restore).
 
   `abstract` leaves are `jax.ShapeDtypeStruct`s with shardings: arrays come back laid out as asked,
   whatever device layout saved them.
   """
+  if abstract is None:  # Everything, as saved (single-process inspection, tests).
+    return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.PyTreeRestore()}))[item]
   args = ocp.args.PyTreeRestore(item=abstract, restore_args=_restore_args(abstract), partial_restore=True)
   return mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]

@@ -25,7 +25,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   info = catalog.info(data, data_dir=config.data.data_dir or None)
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.make_mesh(config.mesh.data)
-  dummy = jax.numpy.zeros((1, *info['image_shape']), jax.numpy.float32)
+  dummy = jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
   abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
                                     abstract)
