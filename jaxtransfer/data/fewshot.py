@@ -36,7 +36,7 @@ def k_per_class_indices(labels: np.ndarray, k: int | None, seed: int, *,
       k < 1.
 
   >>> k_per_class_indices(np.array([0, 1, 0, 1, 1]), 1, seed=0).tolist()  # one per class
-  [2, 4]
+  [0, 4]
   """
   labels = np.asarray(labels)
   if labels.ndim != 1:

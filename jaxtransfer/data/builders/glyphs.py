@@ -108,24 +108,28 @@ def _glyph_size(path: str, char: str) -> float:
 
 
 @functools.lru_cache(maxsize=4)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _elastic_tables(h: int, w: int, nodes: int = 4):
+  """Pixel grid and the (size, nodes) linear-interpolation matrices for the field."""
+  def up(n):
+    return np.stack([np.interp(np.linspace(0, nodes - 1, n), np.arange(nodes), e)
+                     for e in np.eye(nodes)], axis=1).astype(np.float32)
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-  return yy, xx
+  return yy, xx, up(h), up(w)
 
 
 def _elastic(img: np.ndarray, rng: np.random.Generator, alpha: float) -> np.ndarray:
-  """Elastic distortion: smooth random displacement field (a 4x4 grid of N(0, alpha) px
-  upsampled bicubically), bilinear resampling. `img` is float32 (h, w)."""
+  """Elastic distortion: a smooth random displacement field (4x4 grid of N(0, alpha) px
+  displacements, interpolated), then bilinear resampling. `img` is float32 (h, w)."""
   h, w = img.shape
-  yy, xx = _grid(h, w)
-  dy, dx = (np.asarray(Image.fromarray(rng.standard_normal((4, 4)).astype(np.float32) * alpha,
-                                       mode='F').resize((w, h), Image.BICUBIC)) for _ in range(2))
-  sy = np.clip(yy + dy, 0, h - 1.001)
-  sx = np.clip(xx + dx, 0, w - 1.001)
+  yy, xx, uh, uw = _elastic_tables(h, w)
+  coarse = rng.standard_normal((2, 4, 4)).astype(np.float32) * np.float32(alpha)
+  sy = np.clip(yy + uh @ coarse[0] @ uw.T, 0, h - 1.001)
+  sx = np.clip(xx + uh @ coarse[1] @ uw.T, 0, w - 1.001)
   y0, x0 = sy.astype(np.int32), sx.astype(np.int32)
   fy, fx = sy - y0, sx - x0
-  top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-  bot = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+  flat, i = img.ravel(), y0 * w + x0
+  top = flat[i] * (1 - fx) + flat[i + 1] * fx
+  bot = flat[i + w] * (1 - fx) + flat[i + w + 1] * fx
   return top * (1 - fy) + bot * fy
 
 
