@@ -2,7 +2,7 @@
 
   jaxtransfer pretrain --config=experiments/configs/pretrain_glyphs.py --workdir=runs/pretrain
   jaxtransfer finetune --config=experiments/configs/finetune_digits.py --workdir=runs/ft \
-      --config.transfer.init_from=runs/pretrain --config.trainable=head --config.data.per_class=10
+      --config.transfer.init_from=runs/pretrain --config.trainable=head --config.input.per_class=10
   jaxtransfer evaluate --workdir=runs/ft [--split=test] [--data=real_digits/mnist_t10k]
   jaxtransfer demo --workdir=runs/demo
 

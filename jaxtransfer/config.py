@@ -14,14 +14,17 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'real_digits'           # a catalog name: 'glyphs', 'glyphs/small', 'real_digits', …
-  c.data.train_split = 'train'
-  c.data.eval_split = 'test'
-  c.data.per_class = 0                  # k examples per class for training (0 = all)
-  c.data.subset_seed = 0                # which k examples (independent of the training seed)
-  c.data.data_dir = ''                  # prepared TFDS datasets ('' = JAXTRANSFER_DATA_DIR or ~/.cache)
-  c.data.manual_dir = ''                # where data that cannot be generated lives (e.g. ../shared/data)
+  # The dataset, by catalog name (jaxtransfer/data/catalog.py): an embedded builder ('glyphs',
+  # 'glyphs/small', 'real_digits', 'real_digits/mnist_t10k'), 'tfds:<name>[:<config>]' or 'imagefolder:<dir>'.
+  c.data = 'real_digits'
+  c.input = ml_collections.ConfigDict()
+  c.input.train_split = 'train'         # TFDS split syntax, slicing included ('train[:80%]')
+  c.input.eval_split = 'test'
+  c.input.eval_data = ''                # evaluate on another dataset ('' = c.data), e.g. 'real_digits/mnist_t10k'
+  c.input.per_class = 0                 # k examples per class for training (0 = all)
+  c.input.subset_seed = 0               # which k examples (independent of the training seed)
+  c.input.data_dir = ''                 # prepared TFDS datasets ('' = JAXTRANSFER_DATA_DIR or ~/.cache)
+  c.input.manual_dir = ''               # where data that cannot be generated lives (e.g. ../shared/data)
 
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet', **kwargs}); None with init_from = the checkpoint's own.
@@ -56,15 +59,25 @@ def base() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                      # devices on the batch axis (-1 = all)
+  c.mesh = ml_collections.ConfigDict()  # see jaxtransfer/sharding.py
+  c.mesh.data = -1                      # devices on the batch axis (-1 = all the rest)
+  c.mesh.model = 1                      # devices on the 'model' axis (only explicit param_rules use it)
+  c.mesh.params = 'replicate'           # parameters not matched by param_rules: 'replicate' | 'fsdp'
+  c.mesh.param_rules = ()               # ((regex, 'replicate' | 'fsdp' | PartitionSpec tuple), …) first match wins
+  c.mesh.fsdp_min_size = 2**14          # 'fsdp' leaves parameters with fewer elements replicated
+
+  c.distributed = ml_collections.ConfigDict()  # multi-host: sharding.initialize_distributed
+  c.distributed.initialize = 'off'      # 'off' | 'on' (the keys below) | 'auto' (cluster environment)
+  c.distributed.coordinator = ''        # 'host:port' of process 0 (env JAXTRANSFER_COORDINATOR)
+  c.distributed.num_processes = 0       # (env JAXTRANSFER_NUM_PROCESSES)
+  c.distributed.process_id = -1         # (env JAXTRANSFER_PROCESS_ID)
   return c
 
 
 def pretrain() -> ml_collections.ConfigDict:
   """Task A: the CNN on 50k printed glyphs (62 classes)."""
   c = base()
-  c.data.name = 'glyphs'
+  c.data = 'glyphs'
   c.train.steps = 1200
   c.train.batch_size = 128
   c.optim.lr = 2e-3
@@ -76,8 +89,8 @@ def pretrain() -> ml_collections.ConfigDict:
 def finetune(init_from: str = '', trainable: str = 'all', per_class: int = 10) -> ml_collections.ConfigDict:
   """Task B: real handwritten digits, k labels per class, from `init_from` (or scratch when '')."""
   c = base()
-  c.data.name = 'real_digits'
-  c.data.per_class = per_class
+  c.data = 'real_digits'
+  c.input.per_class = per_class
   c.transfer.init_from = init_from
   if init_from:
     c.model.backbone = None

@@ -37,7 +37,7 @@ PER_CLASS = (1, 10, 100)
 def pretrain_config(quick: bool) -> ml_collections.ConfigDict:
   c = config_lib.pretrain()
   if quick:
-    c.data.name = 'glyphs/small'
+    c.data = 'glyphs/small'
     c.train.steps, c.train.checkpoint_every, c.train.log_every = 30, 30, 10
   return c
 
@@ -50,7 +50,7 @@ def finetune_config(strategy: str, per_class: int, seed: int, pretrain_dir: str,
   if not s['init_from']:
     c.model.backbone = backbone
   c.seed = seed
-  c.data.subset_seed = seed
+  c.input.subset_seed = seed
   c.optim.lr = s['lr']
   c.train.checkpoint_every = c.train.steps
   if quick:
@@ -106,9 +106,9 @@ def run(workdir: str, *, seeds: int = 3, quick: bool = False,
   os.makedirs(workdir, exist_ok=True)
   pre = pretrain_config(quick)
   pretrain_dir = os.path.join(workdir, 'pretrain')
-  log.info('demo: pretraining on %s → %s', pre.data.name, pretrain_dir)
+  log.info('demo: pretraining on %s → %s', pre.data, pretrain_dir)
   pre_out = train.train(pre, pretrain_dir)
-  log.info('demo: pretrained, %s test accuracy %.4f', pre.data.name, pre_out.metrics['accuracy'])
+  log.info('demo: pretrained, %s test accuracy %.4f', pre.data, pre_out.metrics['accuracy'])
   acc: dict[str, dict[int, list[float]]] = {s: {} for s in strategies}
   cells = [(s, k, seed) for k in per_class for s in strategies for seed in range(seeds)]
   for i, (s, k, seed) in enumerate(cells):
@@ -118,7 +118,7 @@ def run(workdir: str, *, seeds: int = 3, quick: bool = False,
     log.info('demo: [%d/%d] %s, %d per class, seed %d: accuracy %.4f', i + 1, len(cells), s, k, seed,
              out.metrics['accuracy'])
   results = summarize(acc)
-  results['pretrain'] = {'dataset': pre.data.name, 'accuracy': pre_out.metrics['accuracy']}
+  results['pretrain'] = {'dataset': pre.data, 'accuracy': pre_out.metrics['accuracy']}
   table = write_results(workdir, results)
   print(table)
   print(f'\nwrote {os.path.join(workdir, "results.md")}, results.json, results.png')

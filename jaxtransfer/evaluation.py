@@ -20,9 +20,9 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   mngr, step = checkpoint.open_for_reading(path)
   meta = checkpoint.read_meta(mngr, step)
   config = ml_collections.ConfigDict(meta['config'])
-  data = data or config.data.get('eval_name') or config.data.name
-  split = split or config.data.eval_split
-  info = catalog.info(data, data_dir=config.data.data_dir or None)
+  data = data or config.input.eval_data or config.data
+  split = split or config.input.eval_split
+  info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=config.input.manual_dir or None)
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.make_mesh(config.mesh.data)
   dummy = jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32)
@@ -32,7 +32,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   params = checkpoint.restore_subtree(mngr, step, 'params', abstract['params'])
   stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
            if 'batch_stats' in abstract else {})
-  source = catalog.load(data, split, data_dir=config.data.data_dir or None,
-                        manual_dir=config.data.manual_dir or None)
+  source = catalog.load(data, split, data_dir=config.input.data_dir or None,
+                        manual_dir=config.input.manual_dir or None)
   result = train.evaluate(jax.jit(train.make_eval_step(model)), params, stats, source, batch_size, mesh)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

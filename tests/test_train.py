@@ -16,7 +16,7 @@ SMALL_CNN = {'name': 'cnn', 'stages': [8, 16], 'dense': [32]}
 
 def pretrain_cfg(data_dir):
   c = config_lib.pretrain()
-  c.data.name, c.data.data_dir = 'glyphs/small', data_dir
+  c.data, c.input.data_dir = 'glyphs/small', data_dir
   c.model.backbone = SMALL_CNN
   c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 60, 64, 30, 30
   c.train.eval_every = 30
@@ -26,7 +26,7 @@ def pretrain_cfg(data_dir):
 
 def finetune_cfg(data_dir, init_from, trainable='all', steps=12):
   c = config_lib.finetune(init_from=init_from, trainable=trainable, per_class=5)
-  c.data.data_dir = data_dir
+  c.input.data_dir = data_dir
   c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = steps, 16, 4, 4
   return c
 

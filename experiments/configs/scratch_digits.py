@@ -2,7 +2,7 @@
 
 Run:
   jaxtransfer finetune --config=experiments/configs/scratch_digits.py --workdir=runs/scratch_10 \
-      --config.data.per_class=10
+      --config.input.per_class=10
 Expected (10 labels per class, 200 steps): ≈ 0.75–0.8 test accuracy on the held-out real digits.
 """
 
