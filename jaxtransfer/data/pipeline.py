@@ -21,6 +21,12 @@ Prefetching: `to_iter_dataset(grain.ReadOptions(num_threads, prefetch_buffer_siz
 and assembles whole batches in background threads, so the host work overlaps the device
 step. `worker_count > 0` moves that into grain worker processes (needs absl flags marked
 as parsed; done here if nobody parsed them).
+
+Preprocessing (`preprocess=Preprocess(...)`, see preprocess.py, built from config.input by
+`preprocess.from_config`): resize / crop / flip per example, normalisation per batch. Training
+augmentation draws from grain's `random_map`, whose generator for element j is seeded by (seed, j)
+— j being the position in the (shuffled, repeated) stream — so batch s is still a pure function of
+(seed, s) and a resumed run sees the same augmented images. Evaluation is deterministic (centre crop).
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import functools
+
 import grain
 import numpy as np
+
+from jaxtransfer.data.preprocess import Preprocess
 
 Batch = dict[str, np.ndarray]
 
@@ -113,12 +123,14 @@ def _host_batch_size(batch_size: int, process_index: int, process_count: int) ->
   return batch_size // process_count
 
 
-def _to_model_inputs(batch: dict[str, np.ndarray]) -> Batch:
+def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | None = None) -> Batch:
   image = np.asarray(batch['image'])
   if np.issubdtype(image.dtype, np.integer):
     image = image.astype(np.float32) * np.float32(1.0 / 255.0)
   else:
     image = image.astype(np.float32)
+  if preprocess is not None:
+    image = preprocess.normalize_batch(image)
   out = {'image': image, 'label': np.asarray(batch['label']).astype(np.int32)}
   if 'mask' in batch:
     out['mask'] = np.asarray(batch['mask'], dtype=np.float32)
@@ -146,7 +158,8 @@ def _iterate(ds: grain.MapDataset, num_threads: int, prefetch: int,
 def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
                   start_step: int = 0, indices: np.ndarray | None = None,
                   num_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+                  process_index: int = 0, process_count: int = 1,
+                  preprocess: Preprocess | None = None) -> Iterator[Batch]:
   """Infinite shuffled training batches; batch s depends only on (seed, s, indices).
 
   Args:
@@ -158,9 +171,10 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
     num_threads, prefetch: grain read threads and prefetch buffer (in batches).
     worker_count: grain worker processes (0 = threads only).
     process_index, process_count: this host's slice of every global batch.
+    preprocess: optional resize / random crop / flip / normalisation (module docstring).
 
   Yields:
-    {'image': float32 (b, H, W, C) in [0, 1], 'label': int32 (b,)}.
+    {'image': float32 (b, H, W, C) in [0, 1] (normalised if `preprocess` says so), 'label': int32 (b,)}.
   """
   b = _host_batch_size(batch_size, process_index, process_count)
   if start_step < 0:
@@ -169,16 +183,20 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
   if len(src) == 0:
     raise ValueError('cannot draw training batches from an empty dataset')
   ds = grain.MapDataset.source(src).shuffle(seed=_shuffle_seed(seed)).repeat()
+  if preprocess is not None and not preprocess.is_identity:
+    # Per-position generators: element j of the stream is augmented with rng(seed, j).
+    ds = ds.random_map(preprocess.train_example,
+                       seed=int(np.random.SeedSequence([int(seed), 0x6175]).generate_state(1)[0]))
   if process_count > 1:
     ds = grain.MapDataset.source(_HostSlice(ds, batch_size, process_index, process_count))
-  ds = ds.batch(b, drop_remainder=True).map(_to_model_inputs)
+  ds = ds.batch(b, drop_remainder=True).map(functools.partial(_to_model_inputs, preprocess=preprocess))
   return _iterate(ds[start_step:], num_threads, prefetch, worker_count)
 
 
 def eval_batches(source: Sequence[Any], *, batch_size: int,
                  indices: np.ndarray | None = None, num_threads: int = 2,
                  prefetch: int = 4, worker_count: int = 0, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
+                 process_count: int = 1, preprocess: Preprocess | None = None) -> Iterator[Batch]:
   """Every example exactly once, in order; the last batch is zero-padded to batch_size.
 
   Yields:
@@ -191,7 +209,9 @@ def eval_batches(source: Sequence[Any], *, batch_size: int,
   src = source if indices is None else _Subset(source, indices)
   padded = -(-len(src) // batch_size) * batch_size
   ds = grain.MapDataset.source(_PaddedWithMask(src, padded))
+  if preprocess is not None and not preprocess.is_identity:
+    ds = ds.map(preprocess.eval_example)  # deterministic: resize, centre crop (padding rows included)
   if process_count > 1:
     ds = grain.MapDataset.source(_HostSlice(ds, batch_size, process_index, process_count))
-  ds = ds.batch(b, drop_remainder=True).map(_to_model_inputs)
+  ds = ds.batch(b, drop_remainder=True).map(functools.partial(_to_model_inputs, preprocess=preprocess))
   return _iterate(ds, num_threads, prefetch, worker_count)

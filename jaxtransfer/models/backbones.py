@@ -120,4 +120,6 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
-BACKBONES = {'cnn': CNN, 'resnet': ResNet}
+from jaxtransfer.models.efficientnet import EfficientNetLite  # noqa: E402  (ImageNet-pretrained via `import-weights`)
+
+BACKBONES = {'cnn': CNN, 'resnet': ResNet, 'efficientnet_lite': EfficientNetLite}
