@@ -1,0 +1,209 @@
+"""Tests for the loss-weighting methods: mechanics, mask-awareness, and the shared interface."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtransfer import losses
+from jaxtransfer import weighting as W
+
+
+def _linear_losses(g: np.ndarray):
+  """Per-task losses L_t(θ) = g_t · θ, whose gradients are exactly the rows of g."""
+  g = jnp.asarray(g, jnp.float32)
+  return lambda theta: (g @ theta, None)
+
+
+def _update(method, g, present=None, state=None, losses_=None):
+  g = np.asarray(g, np.float64)
+  t = g.shape[0]
+  present = jnp.ones(t, bool) if present is None else jnp.asarray(present)
+  state = method.init(t, jax.random.key(0)) if state is None else state
+  losses_ = jnp.ones(t) if losses_ is None else jnp.asarray(losses_, jnp.float32)
+  return jax.jit(method.update)(losses_, present, state, jnp.asarray(g @ g.T, jnp.float32))
+
+
+# --- PCGrad ---------------------------------------------------------------------------------
+
+
+def test_pcgrad_removes_the_conflicting_component_hand_example():
+  g = np.array([[1.0, 0.0], [-1.0, 1.0]])  # g1·g2 = -1 < 0
+  # g1' = g1 - (-1/2) g2 = (0.5, 0.5); g2' = g2 - (-1/1) g1 = (0, 1); d = (0.5, 1.5)
+  grads, _, info = jax.jit(lambda key: W.weighted_grads(
+      W.pcgrad(), _linear_losses(g), jnp.zeros(2), key, jnp.ones(2, bool), shared=None))(jax.random.key(0))
+  np.testing.assert_allclose(grads, [0.5, 1.5], atol=1e-6)
+  np.testing.assert_allclose(info.weights.shared, [2.0, 1.5], atol=1e-6)  # d = 2 g1 + 1.5 g2
+  np.testing.assert_allclose(info.weights.heads, [1.0, 1.0])
+  g1p, g2p = np.array([0.5, 0.5]), np.array([0.0, 1.0])
+  assert abs(g1p @ g[1]) < 1e-7 and abs(g2p @ g[0]) < 1e-7  # nothing left that conflicts
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone_and_ignores_absent_tasks():
+  agree = np.array([[1.0, 0.2], [0.5, 1.0]])
+  weights, _ = _update(W.pcgrad(), agree)
+  np.testing.assert_allclose(weights.shared, [1.0, 1.0], atol=1e-6)
+  # a third task that would conflict, absent (its gradient is zero, as the masked loss makes it)
+  g = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]])
+  weights, _ = _update(W.pcgrad(), g, present=[True, False, True])
+  np.testing.assert_allclose(weights.shared, [2.0, 0.0, 1.5], atol=1e-6)
+  np.testing.assert_allclose(weights.heads, [1.0, 0.0, 1.0])
+
+
+# --- uncertainty weighting -----------------------------------------------------------------
+
+
+def test_uncertainty_log_variances_are_trained_and_follow_the_loss_scale():
+  method = W.uncertainty(optax.sgd(0.1))
+  state = method.init(3, jax.random.key(0))
+  loss_values = jnp.array([4.0, 0.25, 1.0])
+  present = jnp.array([True, True, False])
+  weights, new_state = method.update(loss_values, present, state, None)
+  np.testing.assert_allclose(weights.shared, [1.0, 1.0, 0.0])  # exp(-0) for present tasks
+  # one SGD step on Σ exp(-s) L + s: ds = 0.1 * (L - 1)
+  np.testing.assert_allclose(new_state.log_var, [0.3, -0.075, 0.0], rtol=1e-6)
+  assert new_state.log_var[2] == 0.0  # absent: no gradient from either term
+
+  step = jax.jit(method.update)
+  for _ in range(200):
+    weights, state = step(loss_values, present, state, None)
+  np.testing.assert_allclose(state.log_var[:2], np.log([4.0, 0.25]), atol=1e-3)  # optimum s = log L
+  assert state.log_var[2] == 0.0
+  np.testing.assert_allclose(weights.shared[:2], [0.25, 4.0], rtol=1e-2)  # large loss, small weight
+
+
+# --- GradNorm -------------------------------------------------------------------------------
+
+
+def test_gradnorm_moves_weights_toward_balanced_gradient_norms():
+  g = np.array([[10.0, 0.0], [0.0, 1.0]])  # task 0's gradient is 10× larger
+  method = W.gradnorm(alpha=1.5, optimizer=optax.sgd(0.01))
+  state = method.init(2, jax.random.key(0))
+  step = jax.jit(lambda s: _update(method, g, state=s))
+  gaps = []
+  for _ in range(60):
+    weights, state = step(state)
+    norms = np.asarray(weights.shared) * np.linalg.norm(g, axis=1)
+    gaps.append(abs(norms[0] - norms[1]))
+  assert gaps[-1] < 0.2 * gaps[0]
+  np.testing.assert_allclose(state.weights.sum(), 2.0, rtol=1e-6)  # Σ w = T is kept
+  assert state.weights[0] < state.weights[1]
+
+
+def test_gradnorm_follows_training_rates():
+  # equal gradient norms, but task 1 has trained less (higher L/L0): it gets the larger weight
+  g = np.eye(2)
+  method = W.gradnorm(alpha=1.5, optimizer=optax.sgd(0.01))
+  _, state = _update(method, g, losses_=[1.0, 1.0])
+  step = jax.jit(lambda s: _update(method, g, state=s, losses_=[0.5, 1.0]))
+  for _ in range(20):
+    _, state = step(state)
+  assert state.weights[1] > 1.0 > state.weights[0]
+  np.testing.assert_allclose(state.initial_losses, [1.0, 1.0])
+
+
+# --- CAGrad ---------------------------------------------------------------------------------
+
+
+def _cagrad_by_grid(g: np.ndarray, c: float) -> np.ndarray:
+  g0 = g.sum(0)
+  qs = np.linspace(0.0, 1.0, 20001)
+  gw = qs[:, None] * g[0] + (1 - qs[:, None]) * g[1]
+  objective = gw @ g0 + c * np.linalg.norm(g0) * np.linalg.norm(gw, axis=1)
+  best = gw[np.argmin(objective)]
+  return (g0 + c * np.linalg.norm(g0) / np.linalg.norm(best) * best) / (1 + c**2)
+
+
+def test_cagrad_on_a_conflicting_toy_problem():
+  g = np.array([[1.0, 0.0], [-2.0, 0.2]])  # the plain sum d = (-1, 0.2) increases task 0's loss
+  worst = []
+  for c in (0.0, 0.4, 0.9):
+    grads, _, _ = jax.jit(lambda: W.weighted_grads(
+        W.cagrad(c=c), _linear_losses(g), jnp.zeros(2), (), jnp.ones(2, bool), shared=None))()
+    d = np.asarray(grads, np.float64)
+    if c == 0.0:
+      np.testing.assert_allclose(d, g.sum(0), atol=1e-6)
+    np.testing.assert_allclose(d, _cagrad_by_grid(g, c), atol=1e-3)
+    worst.append(np.min(g @ d))  # first-order decrease of the worst task along -d
+  assert worst[0] < worst[1] < worst[2]
+  assert worst[0] == pytest.approx(-1.0) and worst[2] > -0.05
+
+
+def test_cagrad_ignores_absent_tasks():
+  g2 = np.array([[1.0, 0.0], [-2.0, 0.2]])
+  g3 = np.array([[1.0, 0.0], [0.0, 0.0], [-2.0, 0.2]])
+  w2, _ = _update(W.cagrad(c=0.4), g2)
+  w3, _ = _update(W.cagrad(c=0.4), g3, present=[True, False, True])
+  np.testing.assert_allclose(np.asarray(w3.shared)[[0, 2]], w2.shared, rtol=1e-5)
+  assert w3.shared[1] == 0.0 and w3.heads[1] == 0.0
+  none, _ = _update(W.cagrad(), np.zeros((2, 2)), present=[False, False])
+  np.testing.assert_array_equal(none.shared, [0.0, 0.0])
+
+
+# --- the shared interface on a small multi-task model -------------------------------------
+
+METHODS = {
+    'equal': W.equal(),
+    'uncertainty': W.uncertainty(),
+    'gradnorm': W.gradnorm(),
+    'pcgrad': W.pcgrad(),
+    'cagrad': W.cagrad(c=0.4, steps=200),
+}
+
+
+def _model_and_batch():
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+  params = {'backbone': jax.random.normal(k1, (5, 4)),
+            'head': {t: jax.random.normal(k, (4,)) for t, k in zip('abc', (k2, k3, k4))}}
+  x = jax.random.normal(jax.random.key(2), (6, 5))
+  labels = jnp.array([[1, -1, 0], [0, -1, 1], [1, -1, -1], [-1, -1, 0], [0, -1, 1], [1, -1, 1]])
+
+  def loss_fn(p, x, labels):
+    h = jnp.tanh(x @ p['backbone'])
+    logits = jnp.stack([h @ p['head'][t] for t in 'abc'], axis=1)
+    return losses.masked_multilabel_loss(logits, labels)[1], logits
+
+  return params, x, labels, loss_fn
+
+
+@pytest.mark.parametrize('name', list(METHODS))
+def test_every_method_is_mask_aware_through_weighted_grads(name):
+  method = METHODS[name]
+  params, x, labels, loss_fn = _model_and_batch()
+  present = jnp.any(labels >= 0, axis=0)  # task 'b' has no known label
+  state = method.init(3, jax.random.key(0))
+  step = jax.jit(lambda p, s: W.weighted_grads(method, loss_fn, p, s, present, x, labels))
+  tx = optax.sgd(0.1)
+  opt_state = tx.init(params)
+  for _ in range(3):
+    grads, new_state, info = step(params, state)
+    for leaf in jax.tree.leaves((grads, new_state, info.weights, info.losses)):
+      if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+        assert np.all(np.isfinite(leaf)), name
+    np.testing.assert_array_equal(grads['head']['b'], np.zeros(4))
+    assert info.losses[1] == 0.0 and info.weights.shared[1] == 0.0 and info.weights.heads[1] == 0.0
+    assert np.any(grads['backbone'] != 0) and np.any(grads['head']['a'] != 0)
+    updates, opt_state = tx.update(grads, opt_state)
+    params, state = optax.apply_updates(params, updates), new_state
+  if name == 'uncertainty':
+    assert state.log_var[1] == 0.0 and state.log_var[0] != 0.0
+  if name == 'gradnorm':
+    assert state.weights[1] == 1.0 and state.initial_losses[1] == 0.0 and not state.seen[1]
+
+
+def test_gram_path_matches_a_plain_backward_pass():
+  params, x, labels, loss_fn = _model_and_batch()
+  present = jnp.any(labels >= 0, axis=0)
+  expected = jax.grad(lambda p: jnp.sum(loss_fn(p, x, labels)[0]))(params)
+  for method, vectorize in ((W.equal(), True), (W.gradnorm(), True), (W.gradnorm(), False)):
+    state = method.init(3, jax.random.key(0))  # GradNorm's first step uses w = 1
+    step = jax.jit(lambda p, s: W.weighted_grads(method, loss_fn, p, s, present, x, labels, vectorize=vectorize))
+    grads, _, _ = step(params, state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, expected)
+  _, jac, _ = jax.jit(lambda p: W.per_task_grads(loss_fn, p, x, labels))(params)
+  assert jac['backbone'].shape == (3, 5, 4)
+  g = np.asarray(jac['backbone']).reshape(3, -1)
+  np.testing.assert_allclose(W.gram_matrix(jac['backbone']), g @ g.T, rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match="shared='trunk'"):
+    W.weighted_grads(W.pcgrad(), loss_fn, params, jax.random.key(0), present, x, labels, shared='trunk')
