@@ -80,7 +80,7 @@ class _TensorRef:
     if flat is None:
       raise ConversionError('a tensor refers to a storage that the file does not hold')
     if not self.size:
-      return flat[self.offset].copy()
+      return np.array(flat[self.offset])
     item = flat.itemsize
     need = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1
     if min(self.size) > 0 and need > flat.size:

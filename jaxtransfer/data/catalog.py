@@ -242,8 +242,8 @@ class _AnySplit(dict):
 
 
 class _TfdsSource:
-  """A catalog dataset as {'image': uint8 (H, W, C), 'label': int}: supervised keys renamed, only
-  those decoded, an optional fixed resize, and TFDS split slicing over the base splits."""
+  """A catalog dataset as {'image': uint8 (H, W, C), 'label': int}: supervised keys renamed (other
+  features dropped), an optional fixed resize, and TFDS split slicing over the base splits."""
 
   def __init__(self, sources: dict[str, Any], pieces: list[tuple[str, int, int]], image_key: str,
                label_key: str, size: tuple[int, int] | None, policy: str):
@@ -281,13 +281,11 @@ class _TfdsSource:
 
 def _tfds_source(b: tfds.core.DatasetBuilder, parsed: TfdsName, split: str) -> _TfdsSource:
   image_key, label_key = _supervised_keys(b)
-  # Decode only the image and the label (skip e.g. file names, bounding boxes).
-  decoders = {k: tfds.decode.SkipDecoding() for k in b.info.features if k not in (image_key, label_key)}
   cache: dict[str, Any] = {}
 
   def base(name: str) -> Any:
     if name not in cache:
-      cache[name] = b.as_data_source(name, decoders=decoders or None)
+      cache[name] = b.as_data_source(name)
     return cache[name]
 
   pieces = _read_instruction(split, lambda n: len(base(n)))

@@ -89,6 +89,8 @@ def parse(spec: str) -> tuple[str, Options]:
   root = os.path.abspath(os.path.expanduser(path))
   kw: dict[str, Any] = {}
   for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+    if key not in ('size', 'resize', 'channels', 'test', 'seed'):
+      raise ImageFolderError(f'{spec!r}: unknown option {key!r} (known: size, resize, channels, test, seed)')
     try:
       if key == 'size':
         h, _, w = value.lower().partition('x')
@@ -107,10 +109,8 @@ def parse(spec: str) -> tuple[str, Options]:
         kw['test'] = float(value)
         if not 0.0 <= kw['test'] < 1.0:
           raise ValueError
-      elif key == 'seed':
-        kw['seed'] = int(value)
       else:
-        raise ImageFolderError(f'{spec!r}: unknown option {key!r} (known: size, resize, channels, test, seed)')
+        kw['seed'] = int(value)
     except ValueError:
       raise ImageFolderError(f'{spec!r}: bad value {value!r} for {key} (size=H or HxW, resize={"|".join(RESIZE_POLICIES)},'
                              ' channels=1|3, test in [0, 1), seed=int)') from None
