@@ -28,7 +28,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet', **kwargs}); None with init_from = the checkpoint's own.
-  c.model.backbone = ml_collections.FieldReference({'name': 'cnn', 'stages': [32, 64], 'dense': [256]},
+  c.model.backbone = ml_collections.FieldReference({'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
                                                    field_type=dict)
   c.model.head = 'linear'               # 'linear' | 'mlp'
   c.model.head_hidden = (128,)          # MLP head: one new Dense layer per entry

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxtransfer import checkpoint, sharding, train
+from jaxtransfer import checkpoint, objectives, sharding, train
 from jaxtransfer.data import catalog
 from jaxtransfer.models import model as model_lib
 
@@ -34,5 +34,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
            if 'batch_stats' in abstract else {})
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
                         manual_dir=config.input.manual_dir or None)
-  result = train.evaluate(jax.jit(train.make_eval_step(model)), params, stats, source, batch_size, mesh)
+  objective = objectives.classification()
+  result = train.evaluate(jax.jit(train.make_eval_step(model, objective)), objective, params, stats, source,
+                          batch_size, mesh)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

@@ -41,7 +41,7 @@ def error_lines(err):
      "freeze rule 'backbone/block_9/.*' matches no parameter"),
     (['finetune', f'--config={SCRATCH}', '--config.train.stepz=3'], "unknown config key 'stepz'"),
     (['finetune', f'--config={SCRATCH}', '--config.model.num_outputs=7', *SMALL],
-     'label 7 out of range for a head with 7 classes'),
+     'out of range for a head with 7 classes'),
     (['finetune', '--config=/nonexistent/config.py'], 'No such file or directory'),
     (['frobnicate'], 'expected one verb of pretrain | finetune | evaluate | demo'),
 ])
