@@ -96,6 +96,33 @@ class ConvBNAct(nn.Module):
     return nn.relu6(_bn('norm', use_running_average)(x))
 
 
+class DepthwiseConv(nn.Module):
+  """k×k depthwise convolution (no bias, TF 'SAME' padding) as a sum of k² shifted, scaled copies.
+
+  Same parameter (`kernel`, (k, k, 1, C)) and the same numbers as `nn.Conv(feature_group_count=C)`,
+  but XLA's CPU backend runs grouped convolutions slowly: this form measured ~4.7× faster for one
+  5×5 stride-2 layer (batch 32, 56×56×144) and makes the whole lite0 forward several times faster.
+  """
+  kernel_size: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.stride
+    channels = x.shape[-1]
+    kernel = self.param('kernel', _CONV_INIT, (k, k, 1, channels), jnp.float32).astype(x.dtype)
+    h, w = x.shape[1:3]
+    oh, ow = -(-h // s), -(-w // s)
+    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)   # TF 'SAME': extra pixel after
+    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    out = None
+    for i in range(k):
+      for j in range(k):
+        term = x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :] * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
 class MBConv(nn.Module):
   """Mobile inverted bottleneck without squeeze-excitation (EfficientNet-Lite)."""
   kernel: int
@@ -111,8 +138,7 @@ class MBConv(nn.Module):
     if self.expand != 1:
       x = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=_CONV_INIT, name='expand_conv')(x)
       x = nn.relu6(_bn('expand_norm', use_running_average)(x))
-    x = nn.Conv(hidden, (self.kernel,) * 2, (self.stride,) * 2, padding='SAME', feature_group_count=hidden,
-                use_bias=False, kernel_init=_CONV_INIT, name='depthwise_conv')(x)
+    x = DepthwiseConv(self.kernel, self.stride, name='depthwise_conv')(x)
     x = nn.relu6(_bn('depthwise_norm', use_running_average)(x))
     x = nn.Conv(self.out_channels, (1, 1), use_bias=False, kernel_init=_CONV_INIT, name='project_conv')(x)
     x = _bn('project_norm', use_running_average)(x)
