@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxtransfer.data import preprocess
-from jaxtransfer.data.builders import glyphs, imagefolder, real_digits
+from jaxtransfer.data.builders import glyphs, imagefolder, real_digits, scenes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ DATA_DIR_ENV = 'JAXTRANSFER_DATA_DIR'
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     'glyphs': glyphs.Glyphs,
     'real_digits': real_digits.RealDigits,
+    'scenes': scenes.Scenes,   # multi-label: 'labels' / 'true_labels' (T,) arrays, no 'label'
 }
 
 
@@ -307,7 +308,8 @@ def info(name: str, data_dir: str | None = None, *,
   """Number of classes, class names, image shape and split sizes (prepares if needed)."""
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   image_key, label_key = _supervised_keys(b) if _kind(name) == 'tfds' else ('image', 'label')
-  label = b.info.features[label_key]
+  # Multi-label datasets (scenes) have no single class label: 0 classes, the task names as class names.
+  label = b.info.features[label_key] if label_key in b.info.features else None
   image_shape = tuple(b.info.features[image_key].shape)
   if _kind(name) == 'tfds':
     parsed = parse_tfds_name(name)
@@ -318,8 +320,8 @@ def info(name: str, data_dir: str | None = None, *,
                        f'e.g. {name.partition("?")[0]}?size=224')
   return DatasetSummary(
       name=f'{b.name}/{b.builder_config.name}' if b.builder_config else b.name,
-      num_classes=label.num_classes,
-      class_names=tuple(label.names),
+      num_classes=label.num_classes if label is not None else 0,
+      class_names=tuple(label.names) if label is not None else tuple(b.info.metadata.get('tasks', ()) if b.info.metadata else ()),
       image_shape=image_shape,
       splits={k: v.num_examples for k, v in b.info.splits.items()})
 
@@ -356,3 +358,15 @@ def labels(name: str, split: str, data_dir: str | None = None, *,
     y.flags.writeable = False
     _LABELS_CACHE[key] = y
   return _LABELS_CACHE[key]
+
+
+def label_arrays(name: str, split: str, keys: Sequence[str], data_dir: str | None = None, *,
+                 manual_dir: str | None = None) -> dict[str, np.ndarray]:
+  """{key: array over the examples of `split`} for non-image features (multi-task labels), aligned with
+  `load(name, split)`. Reads every record (images included), so meant for small embedded datasets."""
+  src = load(name, split, data_dir=data_dir, manual_dir=manual_dir)
+  rows = src.__getitems__(range(len(src))) if hasattr(src, '__getitems__') else [src[i] for i in range(len(src))]
+  missing = [k for k in keys if rows and k not in rows[0]]
+  if missing:
+    raise ValueError(f'{name} split {split}: no feature {missing[0]!r} (features: {", ".join(rows[0])})')
+  return {k: np.stack([np.asarray(r[k]) for r in rows]) if rows else np.zeros((0,)) for k in keys}

@@ -86,13 +86,10 @@ class _PaddedWithMask:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     if i < self._n:
-      ex = self._source[i]
-      return {'image': ex['image'], 'label': ex['label'], 'mask': np.float32(1.0)}
-    if self._pad is None:
+      return {**self._source[i], 'mask': np.float32(1.0)}
+    if self._pad is None:  # every feature zero-filled (multi-task label arrays included)
       ex = self._source[0]
-      self._pad = {'image': np.zeros_like(np.asarray(ex['image'])),
-                   'label': np.zeros_like(np.asarray(ex['label'])),
-                   'mask': np.float32(0.0)}
+      self._pad = {**{k: np.zeros_like(np.asarray(v)) for k, v in ex.items()}, 'mask': np.float32(0.0)}
     return self._pad
 
 
@@ -131,9 +128,17 @@ def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | None
     image = image.astype(np.float32)
   if preprocess is not None:
     image = preprocess.normalize_batch(image)
-  out = {'image': image, 'label': np.asarray(batch['label']).astype(np.int32)}
+  out = {'image': image}
+  if 'label' in batch:
+    out['label'] = np.asarray(batch['label']).astype(np.int32)
   if 'mask' in batch:
     out['mask'] = np.asarray(batch['mask'], dtype=np.float32)
+  # Any other feature (multi-task label arrays such as 'labels', 'true_labels', 'count') is carried
+  # along: integers as int32, floats as float32 (non-numeric features, e.g. file names, are dropped).
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if k not in out and k != 'image' and v.dtype.kind in 'biuf':
+      out[k] = v.astype(np.float32) if v.dtype.kind == 'f' else v.astype(np.int32)
   return out
 
 
