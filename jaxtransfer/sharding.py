@@ -261,6 +261,24 @@ def to_host(tree: Any) -> Any:
 # ---------------------------------------------------------------------------------------- processes
 
 
+def set_cpu_devices(n: int) -> None:
+  """Split the host CPU into `n` JAX devices (`jax_num_cpu_devices`; 0 = leave JAX's default of 1).
+
+  The same as `JAX_NUM_CPU_DEVICES=n` in the environment or `XLA_FLAGS=--xla_force_host_platform_device_count=n`
+  before jax is imported. It must run before any JAX computation; afterwards it raises unless the CPU
+  already has `n` devices. Only the CPU backend is affected (GPU/TPU runs ignore it).
+  """
+  if not n:
+    return
+  try:
+    jax.config.update('jax_num_cpu_devices', int(n))
+  except RuntimeError:
+    have = len(jax.devices('cpu'))
+    if have != n:
+      raise ShardingError(f'mesh.cpu_devices={n}: JAX is already running with {have} CPU devices; set it before '
+                          f'any JAX computation (or JAX_NUM_CPU_DEVICES={n} in the environment)') from None
+
+
 def is_main_process() -> bool:
   """True on the process that writes logs, metrics and files (process 0)."""
   return jax.process_index() == 0
