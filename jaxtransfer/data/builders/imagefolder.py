@@ -67,6 +67,18 @@ PROGRESS_EVERY_S = 5.0    # seconds between progress lines while preparing
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'})
 
 
+class _QuietCustomConfig(logging.Filter):
+  """Drops TFDS's 'Using custom data configuration' warning for our per-folder configs (every call makes
+  one: the config is derived from the folder, so it is never among BUILDER_CONFIGS)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith('Using custom data configuration')
+                and record.args and type(record.args[0]).__name__ == 'ImageFolderConfig')
+
+
+logging.getLogger('absl').addFilter(_QuietCustomConfig())
+
+
 class ImageFolderError(ValueError):
   """The folder cannot become a dataset (no images, empty class, splits with different classes, bad option)."""
 
