@@ -30,10 +30,20 @@ def base() -> ml_collections.ConfigDict:
   # Backbone spec ({'name': 'cnn' | 'resnet', **kwargs}); None with init_from = the checkpoint's own.
   c.model.backbone = ml_collections.FieldReference({'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
                                                    field_type=dict)
-  c.model.head = 'linear'               # 'linear' | 'mlp'
+  c.model.head = 'linear'               # 'linear' | 'mlp' | 'multitask' (one head per config.tasks entry)
   c.model.head_hidden = (128,)          # MLP head: one new Dense layer per entry
   c.model.head_dropout = 0.0
   c.model.num_outputs = 0               # 0 = the dataset's number of classes
+
+  # Multi-task runs (model.head = 'multitask', issue #3): the tasks, name -> {'kind': 'binary' | 'multilabel'
+  # | 'classification' | 'regression', 'key': batch feature, 'index': its column, 'num_classes', 'num_outputs'}
+  # (see objectives.parse_tasks; data/builders/scenes.py `task_config` builds the scenes tasks).
+  c.tasks = ml_collections.ConfigDict()
+  c.mtl = ml_collections.ConfigDict()
+  c.mtl.weighting = 'equal'             # 'equal' | 'uncertainty' | 'gradnorm' | 'pcgrad' | 'cagrad' (weighting.py)
+  c.mtl.unknown_policy = 'mask'         # unknown labels: 'mask' (left out) | 'negative' (as 0) | 'drop' (only
+                                        # fully labelled examples train)
+  c.mtl.head_hidden = ()                # per-task hidden Dense layers of the multitask head (() = linear heads)
 
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir
@@ -49,6 +59,15 @@ def base() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.momentum = 0.9
   c.optim.grad_clip = 0.0
+  # Per-group optimisation and fine-tuning schedules (issue #5, jaxtransfer/optim.py); defaults = off.
+  c.optim.lr_mult = ()                  # ((regex, multiplier), …) first match wins, other parameters × 1
+  c.optim.llrd = 1.0                    # layer-wise lr decay: head × 1, block_i of n × llrd**(n-i) (1 = off)
+  c.optim.decay_rules = ()              # ((regex, True | False), …) where weight decay acts (() = everywhere)
+  c.optim.l2sp = 0.0                    # L2-SP α: pulls the backbone toward the weights the run started from
+  c.optim.l2sp_head = 0.0               # L2-SP β: plain L2 on the new head
+  c.optim.unfreeze_every = 0            # gradual unfreezing: head first, one more block every N steps (0 = off)
+  c.optim.lp_steps = 0                  # LP-FT: N head-only steps at lp_lr, then `trainable` at lr (0 = off)
+  c.optim.lp_lr = 1e-2
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -65,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
   c.mesh.params = 'replicate'           # parameters not matched by param_rules: 'replicate' | 'fsdp'
   c.mesh.param_rules = ()               # ((regex, 'replicate' | 'fsdp' | PartitionSpec tuple), …) first match wins
   c.mesh.fsdp_min_size = 2**14          # 'fsdp' leaves parameters with fewer elements replicated
+  c.mesh.cpu_devices = 0                # CPU only: split the host into N devices (0 = JAX's default, 1); see BUILD_NOTES
 
   c.distributed = ml_collections.ConfigDict()  # multi-host: sharding.initialize_distributed
   c.distributed.initialize = 'off'      # 'off' | 'on' (the keys below) | 'auto' (cluster environment)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import checkpoint, losses, optim, rules, sharding, transfer
+from jaxtransfer import checkpoint, losses, objectives, optim, rules, sharding, transfer, weighting
 from jaxtransfer.data import catalog, fewshot, pipeline
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.progress import MetricWriter, ProgressLog
@@ -55,6 +55,9 @@ def model_spec(config: ml_collections.ConfigDict, num_outputs: int) -> dict[str,
   else:
     raise ValueError('config.model.backbone is empty and there is no transfer.init_from to take it from')
   head: dict[str, Any] = {'name': config.model.head, 'num_outputs': num_outputs}
+  if config.model.head == 'multitask':  # one head per task: params head/<task>/…
+    head = {'name': 'multitask', 'outputs': objectives.head_outputs(objectives.parse_tasks(config.tasks)),
+            'hidden': list(config.mtl.head_hidden), 'dropout': config.model.head_dropout}
   if config.model.head == 'mlp':
     head.update(hidden=list(config.model.head_hidden), dropout=config.model.head_dropout)
   return {'backbone': jax.tree_util.tree_map(lambda x: x, backbone), 'head': head}
@@ -67,50 +70,106 @@ def check_labels(labels: np.ndarray, num_outputs: int, where: str) -> None:
     raise ValueError(f'label {int(bad[0])} out of range for a head with {num_outputs} classes ({where})')
 
 
+def multitask_indices(config: ml_collections.ConfigDict, objective: objectives.MultiTaskObjective,
+                      data_dir: str | None, manual_dir: str | None) -> tuple[np.ndarray | None, int]:
+  """Validate every training label of a multi-task run (host side, one line naming the task on error) and
+  pick the training examples: all, or with `mtl.unknown_policy='drop'` only the fully labelled ones."""
+  if config.input.per_class:
+    raise ValueError('input.per_class (k per class) does not apply to multi-task runs; slice the split instead')
+  keys = sorted({t.key for t in objective.tasks})
+  arrays = catalog.label_arrays(config.data, config.input.train_split, keys, data_dir, manual_dir=manual_dir)
+  task_labels = objectives.task_labels(objective.tasks, arrays)
+  losses.validate_multitask_labels(task_labels, {t.name: t.task for t in objective.tasks})
+  n = len(arrays[keys[0]])
+  if config.mtl.unknown_policy != 'drop':
+    return None, n
+  known = np.ones(n, bool)
+  for t in objective.tasks:
+    lab = np.asarray(task_labels[t.name]).reshape(n, -1)
+    known &= ~np.isnan(lab).any(1) if t.task.kind == 'regression' else (lab >= 0).all(1)
+  if not known.any():
+    raise ValueError(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
+                     f'split {config.input.train_split}')
+  return np.flatnonzero(known), int(known.sum())
+
+
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
   return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
 
 
-def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation,
-                    frozen: tuple[str, ...]) -> Callable[..., Any]:
-  """Pure (un-jitted) train step of a single-label classifier: (params, stats, opt_state, batch, key) → …"""
+def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, frozen: tuple[str, ...],
+                    objective: objectives.Objective | None = None,
+                    weighting_method: weighting.Weighting | None = None) -> Callable[..., Any]:
+  """Pure (un-jitted) train step: (params, batch_stats, opt_state, batch, key) → (…, metrics).
+
+  `objective` defaults to single-label classification. With a `weighting_method` (multi-task only) the
+  gradients come from `weighting.weighted_grads` over the objective's per-task losses, and `opt_state` is
+  `{'tx': optimizer state, 'weighting': method state}` — so the method's state is checkpointed and
+  resumed with the optimizer's.
+  """
+  objective = objective or objectives.classification()
+  if weighting_method is not None:
+    return _make_weighted_train_step(model, tx, frozen, objective, weighting_method)
 
   def train_step(params, batch_stats, opt_state, batch, key):
     def loss_fn(p):
-      logits, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
-                                    rngs={'dropout': key}, mutable=['batch_stats'])
-      return losses.softmax_cross_entropy(logits, batch['label']), (logits, mutated.get('batch_stats', batch_stats))
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      outputs, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
+                                     rngs={'dropout': key}, mutable=['batch_stats'])
+      loss, metrics = objective.loss(outputs, batch)
+      return loss, (metrics, mutated.get('batch_stats', batch_stats))
+    (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    return params, new_stats, opt_state, {'loss': loss, 'accuracy': accuracy}
+    return params, new_stats, opt_state, {'loss': loss, **metrics}
 
   return train_step
 
 
-def make_eval_step(model: model_lib.Model) -> Callable[..., Any]:
-  """Pure eval step: sums of loss and correct predictions over the real (mask = 1) examples of a batch."""
+def _make_weighted_train_step(model, tx, frozen, objective, method):
+  """The train step of a multi-task run whose task gradients are combined by a weighting method."""
+  names = [t.name for t in objective.tasks]
+
+  def train_step(params, batch_stats, opt_state, batch, key):
+    def loss_fn(p):
+      outputs, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
+                                     rngs={'dropout': key}, mutable=['batch_stats'])
+      per_task, metrics = objective.task_losses(outputs, batch)
+      return per_task, (metrics, mutated.get('batch_stats', batch_stats))
+    grads, w_state, info = weighting.weighted_grads(method, loss_fn, params, opt_state['weighting'],
+                                                    objective.present(batch), vectorize=False)
+    metrics, new_stats = info.aux
+    updates, tx_state = tx.update(grads, opt_state['tx'], params)
+    params = optax.apply_updates(params, updates)
+    metrics = {**metrics, **{f'weight_{n}': info.weights.shared[i] for i, n in enumerate(names)}}
+    return params, new_stats, {'tx': tx_state, 'weighting': w_state}, {'loss': jnp.sum(info.losses), **metrics}
+
+  return train_step
+
+
+def make_eval_step(model: model_lib.Model, objective: objectives.Objective | None = None) -> Callable[..., Any]:
+  """Pure eval step: the objective's per-example values, plus the padding mask."""
+  objective = objective or objectives.classification()
 
   def eval_step(params, batch_stats, batch):
-    logits = model.apply(_variables(params, batch_stats), batch['image'], train=False)
-    mask = batch['mask']
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    return {'loss_sum': jnp.sum(nll * mask), 'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-            'count': jnp.sum(mask)}
+    outputs = model.apply(_variables(params, batch_stats), batch['image'], train=False)
+    return {**objective.per_example(outputs, batch), 'mask': batch['mask']}
 
   return eval_step
 
 
-def evaluate(eval_step: Callable[..., Any], params: Any, batch_stats: Any, source: Any, batch_size: int,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Exact accuracy and loss over a whole split (padded last batch masked out)."""
-  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in pipeline.eval_batches(source, batch_size=batch_size):
-    out = jax.device_get(eval_step(params, batch_stats, sharding.shard_batch(batch, mesh)))
-    totals = {k: totals[k] + float(out[k]) for k in totals}
-  n = max(totals['count'], 1.0)
-  return {'accuracy': totals['correct'] / n, 'loss': totals['loss_sum'] / n, 'count': totals['count']}
+def evaluate(eval_step: Callable[..., Any], objective: objectives.Objective, params: Any, batch_stats: Any,
+             source: Any, batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """The objective's metrics over a whole split, exact: padded rows of the last batch are dropped."""
+  gathered: dict[str, list[np.ndarray]] = {}
+  # Every process runs the same number of (padded) batches, each on its own rows of the global batch.
+  for batch in pipeline.eval_batches(source, batch_size=batch_size, process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    out = sharding.to_host(eval_step(params, batch_stats, sharding.shard_batch(batch, mesh)))
+    keep = np.asarray(out.pop('mask')) > 0
+    for k, v in out.items():
+      gathered.setdefault(k, []).append(np.asarray(v)[keep])
+  values = {k: np.concatenate(v) for k, v in gathered.items()}
+  return {**objective.summarize(values), 'count': float(len(next(iter(values.values()))))}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> Outcome:
@@ -120,32 +179,53 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   — a preemption, for tests of resumption.
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh.data)
-  data_dir = config.data.data_dir or None
-  manual_dir = config.data.manual_dir or None
-  info = catalog.info(config.data.name, data_dir=data_dir)
-  num_outputs = config.model.num_outputs or info['num_classes']
-  train_source = catalog.load(config.data.name, config.data.train_split, data_dir=data_dir, manual_dir=manual_dir)
-  train_labels = catalog.labels(config.data.name, config.data.train_split, data_dir=data_dir)
-  check_labels(train_labels, num_outputs, f'{config.data.name} split {config.data.train_split}')
-  indices = (fewshot.k_per_class_indices(train_labels, config.data.per_class, config.data.subset_seed)
-             if config.data.per_class else None)
+  sharding.set_cpu_devices(config.mesh.get('cpu_devices', 0))   # before anything touches the devices
+  sharding.initialize_distributed(config.get('distributed'))
+  mesh = sharding.mesh_from_config(config.mesh)
+  if not sharding.is_main_process():
+    log.setLevel(logging.WARNING)     # only process 0 logs progress (and writes metrics, see MetricWriter)
+  data_dir = config.input.data_dir or None
+  manual_dir = config.input.manual_dir or None
+  info = catalog.info(config.data, data_dir=data_dir, manual_dir=manual_dir)
+  num_outputs = config.model.num_outputs or info.num_classes
+  train_source = catalog.load(config.data, config.input.train_split, data_dir=data_dir, manual_dir=manual_dir)
+  if config.model.head == 'multitask':
+    objective = objectives.multitask(config.tasks, unknown_policy=config.mtl.unknown_policy)
+    indices, n_examples = multitask_indices(config, objective, data_dir, manual_dir)
+  else:
+    objective = objectives.classification()
+    train_labels = catalog.labels(config.data, config.input.train_split, data_dir=data_dir, manual_dir=manual_dir)
+    check_labels(train_labels, num_outputs, f'{config.data} split {config.input.train_split}')
+    indices = (fewshot.k_per_class_indices(train_labels, config.input.per_class, config.input.subset_seed)
+               if config.input.per_class else None)
+    n_examples = len(indices) if indices is not None else len(train_labels)
 
-  spec = model_spec(config, num_outputs)
+  mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
+  start = mngr.latest_step()
+  # On resume the model is the one this workdir saved; init_from is never opened again.
+  spec = checkpoint.read_meta(mngr, start)['model_spec'] if start is not None else model_spec(config, num_outputs)
   model = model_lib.build(spec)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  dummy = jnp.zeros((1, *info['image_shape']), jnp.float32)
+  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
   abstract = jax.eval_shape(lambda k: model.init(k, dummy), key_init)
-  variables = jax.jit(lambda k: model.init(k, dummy), out_shardings=sharding.tree_replicated(abstract, mesh))(key_init)
+  var_shardings = sharding.variable_shardings(config.mesh, abstract, mesh)
+  variables = jax.jit(lambda k: model.init(k, dummy), out_shardings=var_shardings)(key_init)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  param_sh, stats_sh = var_shardings['params'], var_shardings.get('batch_stats', {})
 
   labels = rules.freeze_labels(config.trainable, params)
   frozen = rules.frozen_blocks(labels)
   tx = optim.make(config.optim, labels, config.train.steps)
-  opt_state = jax.jit(tx.init, out_shardings=sharding.tree_replicated(jax.eval_shape(tx.init, params), mesh))(params)
+  # Loss weighting other than 'equal' (multi-task): its state rides along in opt_state (checkpointed).
+  w_method = (objectives.weighting_method(config.mtl.weighting)
+              if config.model.head == 'multitask' and config.mtl.weighting != 'equal' else None)
+  init_state = tx.init
+  if w_method is not None:
+    w_key = jax.random.PRNGKey(config.seed + 0x5747)  # raw uint32 key: checkpointable
+    init_state = lambda p: {'tx': tx.init(p), 'weighting': w_method.init(len(objective.tasks), w_key)}
+  opt_sh = sharding.mirror_specs(jax.eval_shape(init_state, params), params, param_sh)
+  opt_state = jax.jit(init_state, out_shardings=opt_sh)(params)
 
-  mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
-  start = mngr.latest_step()
   if start is not None:
     init = 'resume'
     params, batch_stats, opt_state = checkpoint.restore(mngr, start, params=params, batch_stats=batch_stats,
@@ -154,46 +234,60 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     init, start = 'init_from', 0
     params, batch_stats = transfer.init_from(config.transfer.init_from, params, batch_stats,
                                              drop_last=config.transfer.drop_last_blocks)
+    # Optimizer state from the loaded weights: L2-SP keeps them as its anchor (Adam's zeros are unchanged).
+    opt_state = jax.jit(init_state, out_shardings=opt_sh)(params)
   else:
     init, start = 'scratch', 0
   n_train = sum(x.size for x in jax.tree_util.tree_leaves(jax.tree_util.tree_map(
       lambda p, l: p if l == rules.TRAIN else jnp.zeros(0), params, labels)))
   log.info('%s: init=%s at step %d, %d examples, %d trainable of %d parameters, frozen blocks %s', workdir, init,
-           start, len(indices) if indices is not None else len(train_labels), n_train,
+           start, n_examples, n_train,
            sum(x.size for x in jax.tree_util.tree_leaves(params)), list(frozen) or 'none')
 
-  train_step = jax.jit(make_train_step(model, tx, frozen), donate_argnums=(0, 1, 2))
-  eval_step = jax.jit(make_eval_step(model))
-  eval_source = catalog.load(config.data.get('eval_name') or config.data.name, config.data.eval_split,
+  log.info('mesh %s: %s', dict(mesh.shape), sharding.describe(param_sh, params))
+  # Freezing schedules (gradual unfreezing, LP-FT) change the frozen blocks at these optimizer steps; the
+  # step is recompiled there so BatchNorm of a not-yet-trained block stays in inference mode.
+  starts = optim.start_steps(config.optim, labels)
+  changes = optim.schedule_changes(labels, starts)
+  compile_step = lambda frozen: jax.jit(make_train_step(model, tx, frozen, objective, w_method), donate_argnums=(0, 1, 2),
+                                        out_shardings=(param_sh, stats_sh, opt_sh, sharding.replicated(mesh)))
+  train_step = compile_step(optim.frozen_blocks_at(labels, starts, start) if changes else frozen)
+  eval_step = jax.jit(make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))
+  eval_source = catalog.load(config.input.eval_data or config.data, config.input.eval_split,
                              data_dir=data_dir, manual_dir=manual_dir)
-  meta = {'model_spec': spec, 'config': config.to_dict(), 'class_names': info['class_names']}
+  meta = {'model_spec': spec, 'config': config.to_dict(), 'class_names': list(info.class_names)}
   writer = MetricWriter(workdir)
   progress = ProgressLog(start, config.train.steps, every=config.train.log_every)
   batches = pipeline.train_batches(train_source, batch_size=config.train.batch_size, seed=config.seed,
-                                   start_step=start, indices=indices)
+                                   start_step=start, indices=indices, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
   step = start
   try:
     for step in range(start + 1, config.train.steps + 1):
+      if step - 1 in changes and step - 1 > start:
+        train_step = compile_step(optim.frozen_blocks_at(labels, starts, step - 1))
       batch = sharding.shard_batch(next(batches), mesh)
       params, batch_stats, opt_state, metrics = train_step(params, batch_stats, opt_state, batch,
                                                            jax.random.fold_in(key_train, step))
       if progress.due(step):
-        metrics = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {f'train/{k}': float(v) for k, v in sharding.to_host(metrics).items()}
         writer.write(step, metrics)
-        progress.log(step, metrics)
+        if sharding.is_main_process():
+          progress.log(step, metrics)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
-        writer.write(step, {f'eval/{k}': v for k, v in evaluate(eval_step, params, batch_stats, eval_source,
+        writer.write(step, {f'eval/{k}': v for k, v in evaluate(eval_step, objective, params, batch_stats, eval_source,
                                                                  config.train.eval_batch_size, mesh).items()})
       if step % config.train.checkpoint_every == 0 or step == config.train.steps:
         checkpoint.save(mngr, step, params=params, batch_stats=batch_stats, opt_state=opt_state, meta=meta)
       if stop_after is not None and step - start >= stop_after:
         return Outcome(params, batch_stats, opt_state, step, init, {})
-    final = evaluate(eval_step, params, batch_stats, eval_source, config.train.eval_batch_size, mesh)
+    final = evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size, mesh)
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})
-    log.info('%s: step %d eval accuracy %.4f loss %.4f (%d examples)', workdir, step, final['accuracy'],
-             final['loss'], final['count'])
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=1, default=str)
+    log.info('%s: step %d eval %s', workdir, step, ', '.join(
+        f'{k} {v:.4f}' for k, v in final.items() if k in ('accuracy', 'mean_ap', 'loss', 'count')))
+    if sharding.is_main_process():
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump(config.to_dict(), f, indent=1, default=str)
     return Outcome(params, batch_stats, opt_state, step, init, final)
   finally:
     mngr.wait_until_finished()
