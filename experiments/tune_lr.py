@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   logging.getLogger('jaxtransfer').setLevel(logging.WARNING)
-  runtime.enable_compilation_cache()
+  runtime.configure()
   pretrain_backbone = dict(config.pretrain().model.backbone)
   results: dict[str, dict[str, dict[str, list[float]]]] = {}
   for strategy in demo.STRATEGIES:

@@ -82,7 +82,7 @@ def run() -> None:
     hint = f' ({parts[1].strip()})' if len(parts) > 1 else ''
     _fail(f'unknown config key {parts[0].strip(chr(39) + chr(92))!r}{hint}')
   from jaxtransfer import checkpoint, rules, runtime, transfer
-  runtime.enable_compilation_cache()
+  runtime.configure()
   try:
     _main(argv)
   except (UsageError, rules.RuleError, checkpoint.CheckpointError, transfer.TransferError, ValueError, KeyError,

@@ -9,7 +9,7 @@ from jaxtransfer import runtime
 
 def pytest_configure(config):
   # One compilation cache per test session: the same small programs recur across tests.
-  runtime.enable_compilation_cache(os.environ.get(runtime.CACHE_ENV) or os.path.join(
+  runtime.configure(os.environ.get(runtime.CACHE_ENV) or os.path.join(
       str(config.rootpath), '.pytest_cache', 'jax'))
 
 
