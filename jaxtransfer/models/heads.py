@@ -1,6 +1,6 @@
 """Heads: feature vector → outputs. Freshly initialised on transfer; never part of the backbone tree."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,4 +30,28 @@ class MLPHead(nn.Module):
     return nn.Dense(self.num_outputs, name='out')(x)
 
 
-HEADS = {'linear': LinearHead, 'mlp': MLPHead}
+class MultiTaskHead(nn.Module):
+  """A dict of heads keyed by task name over one shared feature vector: {task: (B, width)}.
+
+  `outputs` maps task name → output width (binary 1, softmax / multilabel K, regression D); what the
+  outputs mean is the objective's business (`objectives.multitask`). Each task gets its own submodule
+  named after the task — `hidden` Dense+ReLU layers (`layer_0 …`, optional dropout) then `out` — so its
+  parameters live at `head/<task>/…` and the path rules freeze or re-weight one head
+  (`trainable='backbone/.*|head/has_3/.*'`). `MLPHead` per task, in the order of `outputs`.
+
+    head = MultiTaskHead(outputs={'has_0': 1, 'count': 5})
+    head.apply(head.init(key, x), x)   # {'has_0': (B, 1), 'count': (B, 5)}
+  """
+  outputs: Mapping[str, int]
+  hidden: Sequence[int] = ()
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    if not self.outputs:
+      raise ValueError('MultiTaskHead needs at least one task in `outputs`')
+    return {name: MLPHead(int(width), tuple(self.hidden), self.dropout, name=name)(x, train=train)
+            for name, width in self.outputs.items()}
+
+
+HEADS = {'linear': LinearHead, 'mlp': MLPHead, 'multitask': MultiTaskHead}

@@ -1,0 +1,121 @@
+"""Multi-task learning through THE training loop (issue #3): a dict of heads over one backbone, the
+multi-task objective on partially labelled scenes, per-head freezing, loss weighting in the loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtransfer import checkpoint, config as config_lib, objectives, rules, train
+from jaxtransfer.data.builders import scenes
+from jaxtransfer.models import model as model_lib
+
+TINY_CNN = {'name': 'cnn', 'stages': [4], 'dense': [8]}
+TASKS = scenes.task_config(6, count='classification')
+
+
+def tiny_config(data_dir, **overrides):
+  c = config_lib.base()
+  c.data, c.input.data_dir = 'scenes/small', data_dir
+  c.model.backbone, c.model.head, c.tasks = TINY_CNN, 'multitask', TASKS
+  c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 4, 16, 2, 2
+  c.train.eval_batch_size = 64
+  c.optim.lr = 1e-2
+  for k, v in overrides.items():
+    node, *path = k.split('.')
+    target = c
+    for p in [node, *path][:-1]:
+      target = target[p]
+    target[[node, *path][-1]] = v
+  return c
+
+
+def test_multitask_head_is_a_dict_of_heads_under_head_task():
+  model = model_lib.build({'backbone': TINY_CNN, 'head': {'name': 'multitask', 'outputs': {'a': 1, 'b': 5},
+                                                          'hidden': [3]}})
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  paths = [p for p in rules.flatten(variables['params']) if p.startswith('head/')]
+  assert paths == ['head/a/layer_0/bias', 'head/a/layer_0/kernel', 'head/a/out/bias', 'head/a/out/kernel',
+                   'head/b/layer_0/bias', 'head/b/layer_0/kernel', 'head/b/out/bias', 'head/b/out/kernel']
+  out = model.apply(variables, jnp.zeros((2, 16, 16, 1)))
+  assert {k: v.shape for k, v in out.items()} == {'a': (2, 1), 'b': (2, 5)}
+
+
+def _batch():
+  labels = np.array([[1, -1, 0, -1, 1, 0], [-1, -1, 1, 0, -1, -1]], np.int32)
+  return {'labels': labels, 'true_labels': np.abs(labels), 'count': np.array([2, 3], np.int32)}
+
+
+def test_unknown_labels_do_not_contribute():
+  objective = objectives.multitask(TASKS)
+  batch = _batch()
+  outputs = {n: jnp.full((2, 1), 0.3) for n in TASKS if n != 'count'} | {'count': jnp.zeros((2, 5))}
+  grads = jax.grad(lambda o: objective.loss(o, batch)[0])(outputs)
+  for t in range(6):  # exactly zero gradient where the label is unknown ('has_1' has none at all)
+    unknown = batch['labels'][:, t] < 0
+    g = np.asarray(grads[f'has_{t}'])[:, 0]
+    assert (g[unknown] == 0).all() and (g[~unknown] != 0).all()
+  total, metrics = objective.loss(outputs, batch)
+  assert float(metrics['loss/has_1']) == 0.0 and np.isfinite(float(total))
+  # Any value in an unknown slot gives the same loss; 'negative' instead counts unknowns as 0.
+  flipped = {**batch, 'labels': np.where(batch['labels'] < 0, -1, batch['labels'])}
+  assert float(objective.loss(outputs, flipped)[0]) == pytest.approx(float(total))
+  negative = objectives.multitask(TASKS, unknown_policy='negative')
+  g_neg = jax.grad(lambda o: negative.loss(o, batch)[0])(outputs)
+  assert (np.asarray(g_neg['has_1']) != 0).all()
+  # Evaluation scores every example on the true labels.
+  per_example = objective.per_example(outputs, batch)
+  np.testing.assert_array_equal(per_example['label/has_1'], batch['true_labels'][:, 1])
+
+
+def test_bad_labels_fail_before_training(data_dir, tmp_path):
+  bad = {**TASKS, 'count': {'kind': 'classification', 'num_classes': 3, 'key': 'count'}}  # counts go to 4
+  with pytest.raises(ValueError, match="task 'count': class index"):
+    train.train(tiny_config(data_dir, tasks=bad), str(tmp_path))
+
+
+def test_drop_policy_trains_only_fully_labelled_examples(data_dir):
+  c = tiny_config(data_dir, **{'mtl.unknown_policy': 'drop'})
+  indices, n = train.multitask_indices(c, objectives.multitask(c.tasks), data_dir, None)
+  from jaxtransfer.data import catalog
+  labels = catalog.label_arrays('scenes/small', 'train', ['labels'], data_dir)['labels']
+  assert 0 < n < 256 and n == len(indices)
+  np.testing.assert_array_equal(indices, np.flatnonzero((labels >= 0).all(1)))
+
+
+def _params_at(workdir, step):
+  mngr, _ = checkpoint.open_for_reading(workdir)
+  try:
+    return rules.flatten(checkpoint.restore_subtree(mngr, step, 'params', None))
+  finally:
+    mngr.close()
+
+
+def test_end_to_end_with_one_head_frozen(data_dir, tmp_path):
+  """A few multi-task steps through train.train; head/has_5 frozen by a path rule, everything else trains."""
+  c = tiny_config(data_dir, trainable=r'backbone/.*|head/(?!has_5/).*')
+  out = train.train(c, str(tmp_path))
+  assert out.step == 4 and out.init == 'scratch'
+  assert {'mean_ap', 'loss', 'count/accuracy', 'has_0/ap', 'has_5/auc'} <= set(out.metrics)
+  assert out.metrics['count'] == 128 and 0 < out.metrics['mean_ap'] <= 1
+  before, after = _params_at(str(tmp_path), 2), rules.flatten(out.params)
+  for path in after:
+    assert np.array_equal(before[path], after[path]) == path.startswith('head/has_5/'), path
+
+
+@pytest.mark.parametrize('method', ['gradnorm'])
+def test_weighting_method_runs_in_the_loop_and_is_checkpointed(data_dir, tmp_path, method):
+  c = tiny_config(data_dir, **{'mtl.weighting': method, 'train.steps': 3, 'train.checkpoint_every': 3})
+  out = train.train(c, str(tmp_path))
+  state = out.opt_state['weighting']
+  assert set(out.opt_state) == {'tx', 'weighting'}
+  assert not np.allclose(np.asarray(state.weights), 1.0)        # GradNorm moved its task weights
+  assert float(np.sum(state.weights)) == pytest.approx(len(TASKS), rel=1e-4)
+  mngr, _ = checkpoint.open_for_reading(str(tmp_path))
+  try:
+    saved = checkpoint.restore_subtree(mngr, 3, 'opt_state', None)
+  finally:
+    mngr.close()
+  saved_w = [np.asarray(x) for x in jax.tree.leaves(saved['weighting'])]
+  assert any(np.array_equal(w, np.asarray(state.weights)) for w in saved_w)
+  assert np.isfinite(out.metrics['mean_ap'])
