@@ -24,11 +24,11 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   split = split or config.input.eval_split
   info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=config.input.manual_dir or None)
   model = model_lib.build(meta['model_spec'])
-  mesh = sharding.make_mesh(config.mesh.data)
+  mesh = sharding.mesh_from_config(config.mesh)
   dummy = jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
-  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-                                    abstract)
+  shardings = sharding.variable_shardings(config.mesh, abstract, mesh)  # FSDP-sized models stay sharded.
+  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
   params = checkpoint.restore_subtree(mngr, step, 'params', abstract['params'])
   stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
            if 'batch_stats' in abstract else {})
