@@ -60,9 +60,12 @@ IMAGE = (28, 28, 1)
 # XLA settings compared by --experiments (name → extra XLA_FLAGS, fake devices used by the mesh).
 EXPERIMENTS = {
     'default': ('', 1),
-    'ynn_off': ('--xla_cpu_experimental_ynn_fusion_type=', 1),
+    'ynn_off': ('--xla_cpu_experimental_ynn_fusion_type=', 1),            # no YNNPACK fusions at all
+    'ynn_no_conv': ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 1),
     'split2': ('--xla_force_host_platform_device_count=2', 2),
     'split4': ('--xla_force_host_platform_device_count=4', 4),
+    'split2_ynn_no_conv': ('--xla_force_host_platform_device_count=2 '
+                           '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 2),
     'split2_ynn_off': ('--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=', 2),
 }
 
