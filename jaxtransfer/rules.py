@@ -10,6 +10,7 @@ Freeze presets (`trainable=`):
   'all'      every parameter trains (full fine-tuning);
   'head'     only the head trains (linear probe when the head is one layer);
   'last:K'   the last K backbone blocks and the head train;
+  'bitfit'   only the biases (every path ending in /bias) and the head train (BitFit, Ben Zaken et al.);
   '<regex>'  the parameters whose path matches the regex train, all others are frozen.
 """
 
@@ -90,6 +91,8 @@ def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
     return [('.*', TRAIN)]
   if trainable == 'head':
     return [('head/.*', TRAIN), ('.*', FREEZE)]
+  if trainable == 'bitfit':
+    return [('head/.*', TRAIN), ('backbone/.*/bias', TRAIN), ('.*', FREEZE)]
   if trainable.startswith('last:'):
     blocks = block_names(params)
     try:
