@@ -11,6 +11,6 @@ from jaxtransfer import config
 
 def get_config():
   c = config.finetune(init_from='', trainable='all', per_class=10)
-  c.model.backbone = config.pretrain().model.backbone
+  c.model.backbone = config.pretrain().model.backbone.to_dict()
   c.optim.lr = 3e-3
   return c
