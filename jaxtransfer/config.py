@@ -25,6 +25,12 @@ def base() -> ml_collections.ConfigDict:
   c.input.subset_seed = 0               # which k examples (independent of the training seed)
   c.input.data_dir = ''                 # prepared TFDS datasets ('' = JAXTRANSFER_DATA_DIR or ~/.cache)
   c.input.manual_dir = ''               # where data that cannot be generated lives (e.g. ../shared/data)
+  # Preprocessing (jaxtransfer/data/preprocess.py); training augments with per-(seed, step) randomness.
+  c.input.resize = ''                   # '' | 'H' | 'HxW': every image, train and eval
+  c.input.resize_policy = 'crop'        # 'crop' | 'pad' | 'stretch'
+  c.input.random_crop = ''              # '' | 'H' | 'HxW': random window in training, centre window in eval
+  c.input.flip = False                  # random left-right flip in training
+  c.input.normalize = ''                # '' | 'imagenet' | 'inception' | 'efficientnet_lite'
 
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet', **kwargs}); None with init_from = the checkpoint's own.
@@ -48,6 +54,8 @@ def base() -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir
   c.transfer.drop_last_blocks = 0       # remove the last k backbone blocks before attaching the head
+  c.transfer.head_init = 'fresh'        # 'fresh' | 'class_names': start the output layer from the checkpoint's
+                                        # outputs for classes of the same name (A's '0'…'9' → B's digits)
 
   c.trainable = 'all'                   # 'all' | 'head' | 'last:K' | a regex over parameter paths
 

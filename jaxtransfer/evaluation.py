@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 from jaxtransfer import checkpoint, objectives, sharding, train
-from jaxtransfer.data import catalog
+from jaxtransfer.data import catalog, preprocess
 from jaxtransfer.models import model as model_lib
 
 
@@ -25,7 +25,8 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=config.input.manual_dir or None)
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.mesh_from_config(config.mesh)
-  dummy = jax.numpy.zeros((1, *info.image_shape), jax.numpy.float32)
+  pre = preprocess.from_config(config.input)
+  dummy = jax.numpy.zeros((1, *pre.output_shape(info.image_shape)), jax.numpy.float32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
   shardings = sharding.variable_shardings(config.mesh, abstract, mesh)  # FSDP-sized models stay sharded.
   abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
@@ -36,5 +37,5 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
                         manual_dir=config.input.manual_dir or None)
   objective = objectives.classification()
   result = train.evaluate(jax.jit(train.make_eval_step(model, objective)), objective, params, stats, source,
-                          batch_size, mesh)
+                          batch_size, mesh, pre)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

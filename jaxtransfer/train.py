@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxtransfer import checkpoint, losses, objectives, optim, rules, sharding, transfer, weighting
-from jaxtransfer.data import catalog, fewshot, pipeline
+from jaxtransfer.data import catalog, fewshot, pipeline, preprocess
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.progress import MetricWriter, ProgressLog
 
@@ -158,12 +158,13 @@ def make_eval_step(model: model_lib.Model, objective: objectives.Objective | Non
 
 
 def evaluate(eval_step: Callable[..., Any], objective: objectives.Objective, params: Any, batch_stats: Any,
-             source: Any, batch_size: int, mesh: jax.sharding.Mesh) -> dict[str, float]:
+             source: Any, batch_size: int, mesh: jax.sharding.Mesh,
+             pre: preprocess.Preprocess | None = None) -> dict[str, float]:
   """The objective's metrics over a whole split, exact: padded rows of the last batch are dropped."""
   gathered: dict[str, list[np.ndarray]] = {}
   # Every process runs the same number of (padded) batches, each on its own rows of the global batch.
   for batch in pipeline.eval_batches(source, batch_size=batch_size, process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+                                     process_count=jax.process_count(), preprocess=pre):
     out = sharding.to_host(eval_step(params, batch_stats, sharding.shard_batch(batch, mesh)))
     keep = np.asarray(out.pop('mask')) > 0
     for k, v in out.items():
@@ -206,7 +207,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   spec = checkpoint.read_meta(mngr, start)['model_spec'] if start is not None else model_spec(config, num_outputs)
   model = model_lib.build(spec)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+  pre = preprocess.from_config(config.input)
+  dummy = jnp.zeros((1, *pre.output_shape(info.image_shape)), jnp.float32)
   abstract = jax.eval_shape(lambda k: model.init(k, dummy), key_init)
   var_shardings = sharding.variable_shardings(config.mesh, abstract, mesh)
   variables = jax.jit(lambda k: model.init(k, dummy), out_shardings=var_shardings)(key_init)
@@ -234,6 +236,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     init, start = 'init_from', 0
     params, batch_stats = transfer.init_from(config.transfer.init_from, params, batch_stats,
                                              drop_last=config.transfer.drop_last_blocks)
+    if config.transfer.head_init == 'class_names':
+      params = transfer.head_from_class_names(config.transfer.init_from, params, list(info.class_names))
+    elif config.transfer.head_init != 'fresh':
+      raise ValueError(f"transfer.head_init: expected 'fresh' or 'class_names', got {config.transfer.head_init!r}")
     # Optimizer state from the loaded weights: L2-SP keeps them as its anchor (Adam's zeros are unchanged).
     opt_state = jax.jit(init_state, out_shardings=opt_sh)(params)
   else:
@@ -260,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   progress = ProgressLog(start, config.train.steps, every=config.train.log_every)
   batches = pipeline.train_batches(train_source, batch_size=config.train.batch_size, seed=config.seed,
                                    start_step=start, indices=indices, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+                                   process_count=jax.process_count(), preprocess=pre)
   step = start
   try:
     for step in range(start + 1, config.train.steps + 1):
@@ -276,12 +282,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
           progress.log(step, metrics)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
         writer.write(step, {f'eval/{k}': v for k, v in evaluate(eval_step, objective, params, batch_stats, eval_source,
-                                                                 config.train.eval_batch_size, mesh).items()})
+                                                                 config.train.eval_batch_size, mesh, pre).items()})
       if step % config.train.checkpoint_every == 0 or step == config.train.steps:
         checkpoint.save(mngr, step, params=params, batch_stats=batch_stats, opt_state=opt_state, meta=meta)
       if stop_after is not None and step - start >= stop_after:
         return Outcome(params, batch_stats, opt_state, step, init, {})
-    final = evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size, mesh)
+    final = evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size, mesh,
+                     pre)
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})
     log.info('%s: step %d eval %s', workdir, step, ', '.join(
         f'{k} {v:.4f}' for k, v in final.items() if k in ('accuracy', 'mean_ap', 'loss', 'count')))

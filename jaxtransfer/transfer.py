@@ -11,6 +11,7 @@ restore part of a tree, orbax#2972); keep the target's freshly initialised head.
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxtransfer import checkpoint, rules
 from jaxtransfer.models import model as model_lib
@@ -80,3 +81,33 @@ def init_from(path: str, params: Any, batch_stats: Any, *, drop_last: int = 0) -
       raise TransferError(f'checkpoint {path}: restore returned no value for {", ".join(lost)}')
     restored[item] = {**target, 'backbone': out['backbone']}
   return restored['params'], restored['batch_stats']
+
+
+def head_from_class_names(path: str, params: Any, class_names: list[str]) -> Any:
+  """`params` with the head's output layer warm-started from the checkpoint's outputs of the same classes.
+
+  For each target class, the column of the checkpoint's `head/out` kernel (and its bias) whose class has
+  the same name is copied (task A's '0'…'9' outputs become task B's digit outputs): the head starts
+  from A's answer instead of from noise. The rest of the head stays as initialised. A target class the
+  checkpoint does not know, or an output layer of another width, is an error.
+  """
+  mngr, step = checkpoint.open_for_reading(path)
+  source_names = list(checkpoint.read_meta(mngr, step).get('class_names') or [])
+  missing = [n for n in class_names if n not in source_names]
+  if missing:
+    raise TransferError(f'transfer.head_init=class_names: class(es) {missing[:5]} not among the checkpoint\'s '
+                        f'{len(source_names)} classes')
+  stored = checkpoint.item_shapes(mngr, step, 'params')
+  target = params['head'].get('out') if isinstance(params.get('head'), dict) else None
+  if target is None or 'head/out/kernel' not in stored:
+    raise TransferError('transfer.head_init=class_names needs a head with an output layer `out` on both sides')
+  if stored['head/out/kernel'][0] != target['kernel'].shape[0]:
+    raise TransferError(f'transfer.head_init=class_names: checkpoint head/out/kernel {stored["head/out/kernel"]} '
+                        f'does not take the model\'s {target["kernel"].shape[0]} features')
+  abstract = {'head': {'out': {k: jax.ShapeDtypeStruct(stored[f'head/out/{k}'], target[k].dtype, sharding=target[k].sharding)
+                               for k in ('kernel', 'bias')}}}
+  source = checkpoint.restore_subtree(mngr, step, 'params', abstract)['head']['out']
+  columns = np.asarray([source_names.index(n) for n in class_names])
+  out = {'kernel': jax.device_put(np.asarray(source['kernel'])[:, columns], target['kernel'].sharding),
+         'bias': jax.device_put(np.asarray(source['bias'])[columns], target['bias'].sharding)}
+  return {**params, 'head': {**params['head'], 'out': out}}

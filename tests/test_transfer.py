@@ -104,3 +104,19 @@ def test_half_written_checkpoint_is_not_taken(tmp_path):
   os.makedirs(ckpts / '9.orbax-checkpoint-tmp-123' / 'params')
   mngr, step = checkpoint.open_for_reading(path)
   assert step == 7
+
+
+def test_head_from_class_names_copies_the_matching_outputs(tmp_path):
+  spec = {'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 4}}
+  params, stats = _init(spec, 0)
+  mngr = checkpoint.manager(str(tmp_path / 'a' / 'checkpoints'))
+  checkpoint.save(mngr, 1, params=params, batch_stats=stats, opt_state={'x': jnp.zeros(1)},
+                  meta={'model_spec': spec, 'class_names': ['0', '1', 'A', 'B']})
+  mngr.wait_until_finished()
+  target, _ = _init({'backbone': BACKBONE, 'head': {'name': 'linear', 'num_outputs': 2}}, 1)
+  got = transfer.head_from_class_names(str(tmp_path / 'a'), target, ['B', '0'])
+  np.testing.assert_array_equal(got['head']['out']['kernel'], np.asarray(params['head']['out']['kernel'])[:, [3, 0]])
+  np.testing.assert_array_equal(got['head']['out']['bias'], np.asarray(params['head']['out']['bias'])[[3, 0]])
+  np.testing.assert_array_equal(got['backbone']['block_0']['conv_0']['kernel'], target['backbone']['block_0']['conv_0']['kernel'])
+  with pytest.raises(transfer.TransferError, match=r"\['7'\] not among the checkpoint's 4 classes"):
+    transfer.head_from_class_names(str(tmp_path / 'a'), target, ['0', '7'])

@@ -49,7 +49,7 @@ TARGETS = {'full_step_jax_over_torch': '<= 0.8', 'head_only_over_forward': '<= 1
            'adam_state_over_trainable_bytes': '== 2.0'}
 TORCH_ENV = 'JAXTRANSFER_TORCH_PYTHON'
 
-CNN = {'name': 'cnn', 'stages': [32, 64], 'dense': [256]}     # config.base()'s backbone (the demo's)
+CNN = {'name': 'cnn', 'stages': [16, 32], 'dense': [128]}     # config.base()'s backbone (the demo's)
 RESNET = {'name': 'resnet', 'depth': [1, 1, 1], 'width': 16}
 # --quick: the same kinds of network, smaller (XLA compile time dominates a quick run on 2 cores).
 CNN_QUICK = {'name': 'cnn', 'stages': [8], 'dense': [16]}
