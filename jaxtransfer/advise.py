@@ -1,0 +1,130 @@
+"""`jaxtransfer advise`: score candidate checkpoints (and layers) on B's data, recommend a strategy.
+
+    jaxtransfer advise --checkpoints=runs/demo/pretrain,runs/other --layers=0,1 --data=real_digits --per_class=10
+
+For each candidate (checkpoint × `drop_last` layer cut) the backbone's features of B's labelled training
+examples (the k-per-class subset you would fine-tune on) are computed once (`features.FeatureCache`),
+then LogME and H-score (and LEEP from the source head, for the uncut backbone) are printed, next to the
+same scores of the same architecture at random initialisation: a checkpoint whose LogME is not clearly
+above its random-init twin carries no transferable features for B.
+
+The recommendation is the seed notes' rule made quantitative (thresholds from
+experiments/transfer_vs_data_size.py, see BUILD_NOTES.md):
+  LogME gain over random init < 0.05   → transfer will not pay: train from scratch (or find a closer A);
+  ≤ 10 labels per class                → head only (linear probe on cached features, ridge for a check);
+  ≤ 100 labels per class               → LP-FT (probe, then fine-tune everything at a low lr);
+  more                                 → full fine-tune (LP-FT / L2-SP as safer variants).
+"""
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxtransfer import checkpoint, features, transferability
+from jaxtransfer.data import catalog, fewshot
+
+log = logging.getLogger('jaxtransfer')
+
+NO_GAIN = 0.05          # LogME (per example, nats) gain over the random-init twin below which transfer is moot
+FEW, MEDIUM = 10, 100   # labels per class: head only up to FEW, LP-FT up to MEDIUM, then full fine-tune
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  source: str                      # a checkpoint (workdir, checkpoints/ dir or step dir)
+  drop_last: int = 0               # layer: cut the last k backbone blocks
+  random_seed: int | None = None   # the same architecture, randomly initialised (baseline)
+
+  @property
+  def name(self) -> str:
+    base = f'{self.source}' + (f' −{self.drop_last} blocks' if self.drop_last else '')
+    return base + (f' (random init {self.random_seed})' if self.random_seed is not None else '')
+
+
+def source_probs(source: str, x: np.ndarray) -> np.ndarray | None:
+  """The source model's class probabilities from backbone features `x` (its own head), or None."""
+  import jax
+  import jax.numpy as jnp
+  from jaxtransfer.models import model as model_lib
+  mngr, step = checkpoint.open_for_reading(source)
+  spec = checkpoint.read_meta(mngr, step)['model_spec']
+  if spec['head'].get('name') not in ('linear', 'mlp'):
+    return None
+  head = model_lib.build(spec).head
+  abstract = jax.eval_shape(lambda: head.init(jax.random.key(0), jnp.zeros((1, x.shape[1]))))['params']
+  abstract = {'head': jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)}
+  params = checkpoint.restore_subtree(mngr, step, 'params', abstract)['head']
+  logits = head.apply({'params': params}, jnp.asarray(x))
+  return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def score_candidates(candidates: Sequence[Candidate], data: str, *, per_class: int = 0, seed: int = 0,
+                     split: str = 'train', eval_split: str | None = 'test', data_dir: str | None = None,
+                     manual_dir: str | None = None, cache_dir: str | None = None) -> list[dict[str, Any]]:
+  """One row per candidate: logme, hscore, leep (None when not applicable), probe_accuracy (ridge on the
+  k-per-class subset, measured on `eval_split`; None without it), n, per_class."""
+  cache = features.FeatureCache(cache_dir, data_dir=data_dir, manual_dir=manual_dir)
+  rows = []
+  for cand in candidates:
+    if cand.random_seed is None:
+      bb = cache.backbone(cand.source, cand.drop_last)
+    else:
+      bb = features.load_backbone(cand.source, drop_last=cand.drop_last, random_seed=cand.random_seed,
+                                  input_shape=catalog.info(data, data_dir=data_dir, manual_dir=manual_dir).image_shape)
+    tr = cache.get(bb, data, split)
+    idx = fewshot.k_per_class_indices(tr.y, per_class or None, seed)
+    x, y = tr.x[idx], tr.y[idx]
+    row = {'name': cand.name, 'source': cand.source, 'drop_last': cand.drop_last, 'random_init': cand.random_seed is not None,
+           'n': int(len(y)), 'per_class': per_class or int(round(len(y) / (y.max() + 1))), 'dim': int(x.shape[1]),
+           'logme': transferability.logme(x, y), 'hscore': transferability.hscore(x, y), 'leep': None,
+           'probe_accuracy': None}
+    if cand.drop_last == 0 and cand.random_seed is None:
+      probs = source_probs(cand.source, x)
+      if probs is not None:
+        row['leep'] = transferability.leep(probs, y)
+    if eval_split:
+      te = cache.get(bb, data, eval_split)
+      row['probe_accuracy'] = features.ridge_probe(x, y, te.x, te.y)['accuracy']
+    rows.append(row)
+    log.info('advise: %s: LogME %.3f H-score %.2f', cand.name, row['logme'], row['hscore'])
+  return rows
+
+
+def recommend(per_class: float, logme_best: float, logme_random: float | None) -> str:
+  """The strategy for B's labels per class and the best candidate's LogME (module docstring)."""
+  if logme_random is not None and logme_best - logme_random < NO_GAIN:
+    return (f'scratch: the best LogME is only {logme_best - logme_random:+.3f} over random init, the source '
+            'features do not transfer to B' + (' (few labels: collect more, or find a closer source)'
+                                               if per_class <= FEW else ''))
+  if per_class <= FEW:
+    return f'head: {per_class:g} labels per class — train only a new head on cached features (trainable=head)'
+  if per_class <= MEDIUM:
+    return f'lp-ft: {per_class:g} labels per class — linear probe, then fine-tune everything at a low lr (optim.lp_steps)'
+  return f'full: {per_class:g} labels per class — fine-tune everything (lp-ft or l2sp as safer variants)'
+
+
+def advise(sources: Sequence[str], data: str, *, layers: Sequence[int] = (0,), per_class: int = 0, seed: int = 0,
+           data_dir: str | None = None, manual_dir: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+  """Score every checkpoint × layer (and the first checkpoint's architecture at random init); recommend."""
+  cands = [Candidate(s, d) for s in sources for d in layers]
+  cands.append(Candidate(sources[0], 0, random_seed=0))
+  rows = score_candidates(cands, data, per_class=per_class, seed=seed, eval_split=None, data_dir=data_dir,
+                          manual_dir=manual_dir, cache_dir=cache_dir)
+  real = [r for r in rows if not r['random_init']]
+  best = max(real, key=lambda r: r['logme'])
+  rand = next(r for r in rows if r['random_init'])
+  return {'candidates': rows, 'best': best['name'], 'random_init_logme': rand['logme'],
+          'recommendation': recommend(best['per_class'], best['logme'], rand['logme'])}
+
+
+def format_report(result: dict[str, Any]) -> str:
+  lines = [f'{"candidate":60s} {"dim":>6s} {"LogME":>8s} {"H-score":>8s} {"LEEP":>8s}']
+  for r in result['candidates']:
+    leep = '–' if r['leep'] is None else f'{r["leep"]:.3f}'
+    lines.append(f'{r["name"][-60:]:60s} {r["dim"]:6d} {r["logme"]:8.3f} {r["hscore"]:8.2f} {leep:>8s}')
+  lines.append(f'best: {result["best"]}  (B: {result["candidates"][0]["n"]} labelled examples)')
+  lines.append(f'recommended: {result["recommendation"]}')
+  return '\n'.join(lines)

@@ -1,0 +1,275 @@
+"""Feature cache and closed-form probes: a frozen backbone runs once per dataset, not once per step.
+
+When the whole backbone is frozen and the input pipeline has no augmentation, an example's features
+never change, so they are computed once (`extract`, cached in memory and on disk by `FeatureCache`) and
+the head trains on them:
+
+    cache = FeatureCache('runs/cache')
+    tr = cache.get('runs/demo/pretrain', 'real_digits', 'train')      # Features(x (N, D), y (N,))
+    te = cache.get('runs/demo/pretrain', 'real_digits', 'test')
+    metrics = linear_probe(config, cache=cache)          # = train.train(config) with trainable='head'
+    acc = ridge_probe(tr.x[idx], tr.y[idx], te.x, te.y)  # closed form, milliseconds
+
+`linear_probe` trains with THE train step of the training loop (`train.make_train_step`, `optim.make`,
+the same head initialisation and the same batch order from `pipeline.train_batches`), on a model whose
+backbone is the identity; only the backbone's forward pass is skipped, so it reaches the head a
+`trainable='head'` run reaches (tests/test_features.py). Closed-form probes (`ridge_probe`,
+`logistic_probe`) and `fewshot_curve` give few-shot accuracy at 1/5/10/… labels per class in seconds.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxtransfer import checkpoint, optim, rules, train, transfer
+from jaxtransfer.data import catalog, fewshot, pipeline
+from jaxtransfer.models import model as model_lib
+
+log = logging.getLogger('jaxtransfer')
+
+
+@dataclasses.dataclass
+class Features:
+  x: np.ndarray      # (N, D) float32
+  y: np.ndarray      # (N,) int
+
+
+@dataclasses.dataclass
+class Backbone:
+  """A backbone ready to extract features: spec + variables ({'params', 'batch_stats'}, backbone subtree only)."""
+  spec: dict[str, Any]
+  params: Any
+  batch_stats: Any
+  name: str          # for cache keys: checkpoint path + step + drop_last, or 'random:<seed>'
+
+
+def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ...] = (28, 28, 1),
+                  random_seed: int | None = None) -> Backbone:
+  """The backbone of checkpoint `source` minus its last `drop_last` blocks (strict `transfer.init_from`).
+
+  `random_seed`: the same architecture randomly initialised instead (the no-transfer baseline).
+  """
+  spec = transfer.source_backbone_spec(source, drop_last)
+  model = model_lib.build({'backbone': spec, 'head': {'name': 'linear', 'num_outputs': 1}})
+  seed = 0 if random_seed is None else random_seed
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape))))(jax.random.key(seed))
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  if random_seed is None:
+    params, stats = transfer.init_from(source, params, stats, drop_last=drop_last)
+    mngr, step = checkpoint.open_for_reading(source)
+    name = f'{os.path.abspath(source)}@{step}/drop{drop_last}'
+  else:
+    name = f'random:{random_seed}:{json.dumps(spec, sort_keys=True)}'
+  return Backbone(spec, params['backbone'], (stats or {}).get('backbone', {}), name)
+
+
+def extract(backbone: Backbone, source: Sequence[Any], *, batch_size: int = 500,
+            indices: np.ndarray | None = None) -> Features:
+  """Features of every example of `source` (in order), with the backbone in inference mode."""
+  module = model_lib.build_backbone(backbone.spec)
+  variables = {'params': backbone.params}
+  if jax.tree_util.tree_leaves(backbone.batch_stats):
+    variables['batch_stats'] = backbone.batch_stats
+  fn = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  xs, ys = [], []
+  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices):
+    keep = batch['mask'] > 0
+    xs.append(np.asarray(fn(variables, batch['image']))[keep])
+    ys.append(batch['label'][keep])
+  return Features(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64))
+
+
+class FeatureCache:
+  """Features per (backbone, dataset, split), in memory and (with `directory`) as .npz files on disk.
+
+  Valid only for an augmentation-free input pipeline (features are a pure function of the example);
+  the key holds the checkpoint path and step, so a newer checkpoint is a new entry.
+  """
+
+  def __init__(self, directory: str | None = None, *, data_dir: str | None = None, manual_dir: str | None = None):
+    self.directory, self.data_dir, self.manual_dir = directory, data_dir, manual_dir
+    self._memory: dict[str, Features] = {}
+    self._backbones: dict[tuple[str, int], Backbone] = {}
+    self.hits = self.misses = 0
+
+  def backbone(self, source: str, drop_last: int = 0) -> Backbone:
+    key = (source, drop_last)
+    if key not in self._backbones:
+      self._backbones[key] = load_backbone(source, drop_last=drop_last)
+    return self._backbones[key]
+
+  def get(self, backbone: Backbone | str, data: str, split: str, *, drop_last: int = 0) -> Features:
+    bb = self.backbone(backbone, drop_last) if isinstance(backbone, str) else backbone
+    key = hashlib.sha1(f'{bb.name}|{data}|{split}|{self.data_dir}'.encode()).hexdigest()[:16]
+    if key in self._memory:
+      self.hits += 1
+      return self._memory[key]
+    path = os.path.join(self.directory, f'{key}.npz') if self.directory else None
+    if path and os.path.exists(path):
+      with np.load(path) as f:
+        feats = Features(f['x'], f['y'])
+      self.hits += 1
+    else:
+      self.misses += 1
+      src = catalog.load(data, split, data_dir=self.data_dir, manual_dir=self.manual_dir)
+      feats = extract(bb, src)
+      if path:
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = f'{path}.{os.getpid()}.tmp.npz'
+        np.savez(tmp, x=feats.x, y=feats.y)
+        os.replace(tmp, path)
+    self._memory[key] = feats
+    return feats
+
+
+class Identity(nn.Module):
+  """The backbone of a model trained on cached features: the features are the input."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
+    del train, frozen
+    return x
+
+
+class _FeatureSource:
+  """A random-access source of {'image': features, 'label'} for `pipeline.train_batches`."""
+
+  def __init__(self, feats: Features):
+    self.feats = feats
+
+  def __len__(self) -> int:
+    return len(self.feats.y)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {'image': self.feats.x[i], 'label': self.feats.y[i]}
+
+
+def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | None = None) -> dict[str, float]:
+  """Train the head of a `trainable='head'` fine-tune config on cached features; its test metrics.
+
+  Same head init, optimizer, batch order and train step as `train.train(config)` would use, so the head
+  matches it (up to float reassociation); the backbone is run once per dataset instead of once per step.
+  """
+  if config.trainable != 'head':
+    raise ValueError(f"linear_probe needs trainable='head' (a frozen backbone), got {config.trainable!r}")
+  if not config.transfer.init_from:
+    raise ValueError('linear_probe needs transfer.init_from (the frozen backbone)')
+  data_dir, manual_dir = config.input.data_dir or None, config.input.manual_dir or None
+  cache = cache or FeatureCache(data_dir=data_dir, manual_dir=manual_dir)
+  drop = config.transfer.drop_last_blocks
+  tr = cache.get(config.transfer.init_from, config.data, config.input.train_split, drop_last=drop)
+  te = cache.get(config.transfer.init_from, config.input.eval_data or config.data, config.input.eval_split,
+                 drop_last=drop)
+  info = catalog.info(config.data, data_dir=data_dir, manual_dir=manual_dir)
+  num_outputs = config.model.num_outputs or info.num_classes
+  train.check_labels(tr.y, num_outputs, f'{config.data} split {config.input.train_split}')
+  spec = train.model_spec(config, num_outputs)
+  full = model_lib.build(spec)
+  key_init, key_train = jax.random.split(jax.random.key(config.seed))
+  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+  head_params = jax.jit(lambda k: full.init(k, dummy))(key_init)['params']['head']   # train.train's head init
+  model = model_lib.Model(backbone=Identity(), head=full.head)
+  params = {'head': head_params}
+  tx = optim.make(config.optim, rules.freeze_labels('all', params), config.train.steps)
+  opt_state = tx.init(params)
+  step_fn = jax.jit(train.make_train_step(model, tx, ()), donate_argnums=(0, 2))
+  indices = (fewshot.k_per_class_indices(tr.y, config.input.per_class, config.input.subset_seed)
+             if config.input.per_class else None)
+  batches = pipeline.train_batches(_FeatureSource(tr), batch_size=config.train.batch_size, seed=config.seed,
+                                   indices=indices)
+  for step in range(1, config.train.steps + 1):
+    batch = next(batches)
+    params, _, opt_state, _ = step_fn(params, {}, opt_state, batch, jax.random.fold_in(key_train, step))
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x))(params, te.x))
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, te.y.astype(np.int32))
+  return {'accuracy': float(np.mean(np.argmax(logits, -1) == te.y)), 'loss': float(np.mean(nll)),
+          'count': float(len(te.y)), 'params': params}
+
+
+# --- closed-form probes ----------------------------------------------------------------------------
+
+
+def _standardize(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Centre on the training mean, one global scale (per-feature std is unusable at 1 example per class)."""
+  mu = xtr.mean(0, keepdims=True)
+  scale = np.sqrt(np.mean(np.sum((xtr - mu) ** 2, 1))) + 1e-8 if len(xtr) > 1 else np.linalg.norm(xtr) + 1e-8
+  return (xtr - mu) / scale, (xte - mu) / scale
+
+
+def ridge_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray | None = None, *,
+                lam: float = 1e-2, num_classes: int | None = None) -> dict[str, Any]:
+  """Ridge regression onto one-hot targets (closed form; dual form when N < D). Returns accuracy, predictions.
+
+  `lam` is relative to the mean squared norm of the standardised features (= 1), so it is scale-free.
+  """
+  k = num_classes or int(max(ytr.max(), -1 if yte is None else yte.max())) + 1
+  a, b = _standardize(np.asarray(xtr, np.float64), np.asarray(xte, np.float64))
+  t = np.eye(k)[ytr] - 1.0 / k
+  n, d = a.shape
+  if n < d:
+    w = a.T @ np.linalg.solve(a @ a.T + lam * n * np.eye(n), t)
+  else:
+    w = np.linalg.solve(a.T @ a + lam * n * np.eye(d), a.T @ t)
+  pred = np.argmax(b @ w, -1)
+  return {'pred': pred, 'accuracy': None if yte is None else float(np.mean(pred == yte))}
+
+
+def logistic_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray | None = None, *,
+                   l2: float = 1e-2, iters: int = 100, num_classes: int | None = None) -> dict[str, Any]:
+  """L2-regularised multinomial logistic regression, solved to convergence with L-BFGS (deterministic)."""
+  k = num_classes or int(max(ytr.max(), -1 if yte is None else yte.max())) + 1
+  a, b = _standardize(np.asarray(xtr, np.float32), np.asarray(xte, np.float32))
+  a, y = jnp.asarray(a), jnp.asarray(ytr, jnp.int32)
+
+  def loss(p):
+    logits = a @ p['w'] + p['b']
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 0.5 * l2 * jnp.sum(p['w'] ** 2)
+
+  params = {'w': jnp.zeros((a.shape[1], k)), 'b': jnp.zeros((k,))}
+  solver = optax.lbfgs()
+  vg = optax.value_and_grad_from_state(loss)
+
+  @jax.jit
+  def run(params):
+    def body(carry, _):
+      p, s = carry
+      value, grad = vg(p, state=s)
+      u, s = solver.update(grad, s, p, value=value, grad=grad, value_fn=loss)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(body, (params, solver.init(params)), None, length=iters)
+    return p
+
+  p = run(params)
+  pred = np.argmax(np.asarray(b @ np.asarray(p['w']) + np.asarray(p['b'])), -1)
+  return {'pred': pred, 'accuracy': None if yte is None else float(np.mean(pred == yte))}
+
+
+PROBES = {'ridge': ridge_probe, 'logistic': logistic_probe}
+
+
+def fewshot_curve(train: Features, test: Features, per_class: Sequence[int | None], *, seeds: Sequence[int] = (0, 1, 2),
+                  method: str = 'ridge', **kw: Any) -> dict[str, dict[str, float]]:
+  """{'<k>' ('all' for None): {'mean', 'std', 'n'}}: closed-form probe accuracy at k labels per class.
+
+  Subsets are `fewshot.k_per_class_indices(y, k, seed)` — the ones the fine-tuning runs use.
+  """
+  probe = PROBES[method]
+  out = {}
+  for k in per_class:
+    accs = []
+    for seed in (seeds if k is not None else seeds[:1]):
+      idx = fewshot.k_per_class_indices(train.y, k, seed)
+      accs.append(probe(train.x[idx], train.y[idx], test.x, test.y, **kw)['accuracy'])
+    out['all' if k is None else str(k)] = {'mean': float(np.mean(accs)), 'std': float(np.std(accs)), 'n': len(accs)}
+  return out
