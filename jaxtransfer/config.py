@@ -33,9 +33,11 @@ def base() -> ml_collections.ConfigDict:
   c.input.normalize = ''                # '' | 'imagenet' | 'inception' | 'efficientnet_lite'
 
   c.model = ml_collections.ConfigDict()
-  # Backbone spec ({'name': 'cnn' | 'resnet', **kwargs}); None with init_from = the checkpoint's own.
+  # Backbone spec ({'name': 'cnn' | 'resnet' | 'efficientnet_lite', **kwargs}); None with init_from = the
+  # checkpoint's own. Typed `object` so that the command line can override it with a dict literal:
+  # --config.model.backbone="{'name': 'resnet', 'depth': [2, 2], 'width': 16}"
   c.model.backbone = ml_collections.FieldReference({'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
-                                                   field_type=dict)
+                                                   field_type=object)
   c.model.head = 'linear'               # 'linear' | 'mlp' | 'multitask' (one head per config.tasks entry)
   c.model.head_hidden = (128,)          # MLP head: one new Dense layer per entry
   c.model.head_dropout = 0.0
