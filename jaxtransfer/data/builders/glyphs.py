@@ -31,7 +31,6 @@ import sys
 import time
 
 import numpy as np
-from etils import epath
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import tensorflow_datasets as tfds
@@ -266,12 +265,6 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
-  # TFDS's own `code_path` needs `importlib_resources` (an etils[epath] extra that is not
-  # installed) for a builder living in a package; the answer is simply this file.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -49,7 +49,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import tensorflow_datasets as tfds
@@ -295,10 +294,6 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

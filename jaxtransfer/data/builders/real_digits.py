@@ -21,7 +21,6 @@ import gzip
 import os
 
 import numpy as np
-from etils import epath
 
 import tensorflow_datasets as tfds
 
@@ -100,12 +99,6 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
       f'Only for config mnist_t10k: put {T10K_IMAGES} and {T10K_LABELS} (the MNIST test '
       'set in IDX format) in a directory and pass it as manual_dir.')
 
-  # TFDS's own `code_path` needs `importlib_resources` (an etils[epath] extra that is not
-  # installed) for a builder living in a package; the answer is simply this file.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

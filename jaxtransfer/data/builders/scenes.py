@@ -36,7 +36,6 @@ import dataclasses
 import functools
 
 import numpy as np
-from etils import epath
 from PIL import Image
 
 import tensorflow_datasets as tfds
@@ -180,12 +179,6 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = 'u30'
 
-  # TFDS's own `code_path` needs `importlib_resources` (an etils[epath] extra that is not
-  # installed) for a builder living in a package; the answer is simply this file.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
