@@ -32,8 +32,9 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
-
 import tensorflow_datasets as tfds
+
+from jaxtransfer.data import builders
 
 log = logging.getLogger(__name__)
 
@@ -265,20 +266,8 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
-
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split('\n\n')[0],
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=('image', 'label'),
-        # Keep generation order (TFDS would otherwise shuffle by key hash): example i
-        # of a split is the i-th generated one.
-        disable_shuffling=True,
-    )
+    return builders.image_label_info(self, __doc__.split('\n\n')[0], IMAGE_SHAPE, tfds.features.ClassLabel(names=CLASS_NAMES))
 
   def _split_generators(self, dl_manager):
     del dl_manager

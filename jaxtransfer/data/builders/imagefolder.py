@@ -294,7 +294,6 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
-
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     h, w = cfg.plan.size

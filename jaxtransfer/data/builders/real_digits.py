@@ -24,6 +24,8 @@ import numpy as np
 
 import tensorflow_datasets as tfds
 
+from jaxtransfer.data import builders
+
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 T10K_IMAGES = 'mnist-t10k-images-idx3-ubyte.gz'
@@ -99,20 +101,8 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
       f'Only for config mnist_t10k: put {T10K_IMAGES} and {T10K_LABELS} (the MNIST test '
       'set in IDX format) in a directory and pass it as manual_dir.')
 
-
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split('\n\n')[0],
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=('image', 'label'),
-        # Keep generation order (TFDS would otherwise shuffle by key hash): example i
-        # of a split is the i-th generated one.
-        disable_shuffling=True,
-    )
+    return builders.image_label_info(self, __doc__.split('\n\n')[0], IMAGE_SHAPE, tfds.features.ClassLabel(num_classes=NUM_CLASSES))
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config

@@ -179,7 +179,6 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = 'u30'
 
-
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     t = cfg.num_tasks
