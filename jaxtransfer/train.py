@@ -97,6 +97,14 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
   return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
 
 
+def _train_forward(model: model_lib.Model, params: Any, batch_stats: Any, batch: dict[str, Any], key: jax.Array,
+                   frozen: tuple[str, ...]) -> tuple[Any, Any]:
+  """Training-mode outputs and the updated BatchNorm statistics (frozen blocks keep theirs)."""
+  outputs, mutated = model.apply(_variables(params, batch_stats), batch['image'], train=True, frozen=frozen,
+                                 rngs={'dropout': key}, mutable=['batch_stats'])
+  return outputs, mutated.get('batch_stats', batch_stats)
+
+
 def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, frozen: tuple[str, ...],
                     objective: objectives.Objective | None = None,
                     weighting_method: weighting.Weighting | None = None) -> Callable[..., Any]:
@@ -113,10 +121,9 @@ def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, fr
 
   def train_step(params, batch_stats, opt_state, batch, key):
     def loss_fn(p):
-      outputs, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
-                                     rngs={'dropout': key}, mutable=['batch_stats'])
+      outputs, new_stats = _train_forward(model, p, batch_stats, batch, key, frozen)
       loss, metrics = objective.loss(outputs, batch)
-      return loss, (metrics, mutated.get('batch_stats', batch_stats))
+      return loss, (metrics, new_stats)
     (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -131,10 +138,9 @@ def _make_weighted_train_step(model, tx, frozen, objective, method):
 
   def train_step(params, batch_stats, opt_state, batch, key):
     def loss_fn(p):
-      outputs, mutated = model.apply(_variables(p, batch_stats), batch['image'], train=True, frozen=frozen,
-                                     rngs={'dropout': key}, mutable=['batch_stats'])
+      outputs, new_stats = _train_forward(model, p, batch_stats, batch, key, frozen)
       per_task, metrics = objective.task_losses(outputs, batch)
-      return per_task, (metrics, mutated.get('batch_stats', batch_stats))
+      return per_task, (metrics, new_stats)
     grads, w_state, info = weighting.weighted_grads(method, loss_fn, params, opt_state['weighting'],
                                                     objective.present(batch), vectorize=False)
     metrics, new_stats = info.aux
