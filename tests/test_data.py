@@ -307,6 +307,19 @@ def test_train_batches_dataset_smaller_than_batch_and_indices():
   assert np.allclose(b['image'][:, 0, 0, 0], b['label'] / 255.0)
 
 
+def test_in_memory_and_read_per_batch_streams_are_identical():
+  src = _memory_source(60)
+  idx = np.arange(3, 60, 4)
+  for kw in ({}, {'indices': idx}, {'process_index': 1, 'process_count': 2}):
+    cached = pipeline.train_batches(src, batch_size=8, seed=5, start_step=3, **kw)
+    read = pipeline.train_batches(src, batch_size=8, seed=5, start_step=3, cache_bytes=0, **kw)
+    for _ in range(12):
+      a, b = next(cached), next(read)
+      assert _ids(a) == _ids(b) and np.array_equal(a['image'], b['image'])
+  ev = [list(pipeline.eval_batches(src, batch_size=16, cache_bytes=c)) for c in (0, 2**20)]
+  assert [_ids(b) for b in ev[0]] == [_ids(b) for b in ev[1]]
+
+
 def test_eval_batches_padding_and_mask():
   src = _memory_source(70)
   batches = list(pipeline.eval_batches(src, batch_size=32))

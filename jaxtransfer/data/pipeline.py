@@ -17,16 +17,22 @@ Multi-host: with `process_count > 1` every global batch of `batch_size` is split
 `process_count` contiguous slices and process `process_index` gets its slice (its batches
 have batch_size // process_count rows). With process_count=1 nothing changes.
 
-Prefetching: `to_iter_dataset(grain.ReadOptions(num_threads, prefetch_buffer_size))` reads
-and assembles whole batches in background threads, so the host work overlaps the device
-step. `worker_count > 0` moves that into grain worker processes (needs absl flags marked
-as parsed; done here if nobody parsed them).
+Batches, not examples, are grain's elements: batch s is read from the source with one `__getitems__`
+call (array_record reads a batch in one go) or gathered from memory — a source whose examples fit in
+`cache_bytes` is read once and kept as arrays (a few-shot subset, the 50k glyphs). Per-example grain
+transformations cost ~0.3 ms an example and 12 s per 200 batches of a 10-example subset (an epoch per
+10 elements); see BUILD_NOTES.md.
+
+Prefetching: `to_iter_dataset(grain.ReadOptions(num_threads, prefetch_buffer_size))` assembles
+whole batches in background threads, so the host work overlaps the device step. `worker_count > 0`
+moves that into grain worker processes (needs absl flags marked as parsed; done here if nobody
+parsed them).
 
 Preprocessing (`preprocess=Preprocess(...)`, see preprocess.py, built from config.input by
 `preprocess.from_config`): resize / crop / flip per example, normalisation per batch. Training
-augmentation draws from grain's `random_map`, whose generator for element j is seeded by (seed, j)
-— j being the position in the (shuffled, repeated) stream — so batch s is still a pure function of
-(seed, s) and a resumed run sees the same augmented images. Evaluation is deterministic (centre crop).
+augmentation of element j (its position in the shuffled, repeated stream) draws from a generator
+seeded by (seed, j), so batch s is still a pure function of (seed, s) and a resumed run sees the same
+augmented images. Evaluation is deterministic (centre crop).
 """
 
 from __future__ import annotations
@@ -34,8 +40,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-import functools
 
 import grain
 import numpy as np
@@ -47,66 +51,6 @@ Batch = dict[str, np.ndarray]
 
 def num_examples(source: Sequence[Any]) -> int:
   return len(source)
-
-
-class _Subset:
-  """Random-access view `source[indices[i]]` (picklable, for grain workers)."""
-
-  def __init__(self, source: Sequence[Any], indices: np.ndarray):
-    self._source = source
-    self._indices = np.asarray(indices, dtype=np.int64)
-    if self._indices.ndim != 1:
-      raise ValueError(f'indices must be 1-D, got shape {self._indices.shape}')
-    n = len(source)
-    if len(self._indices) and (self._indices.min() < 0 or self._indices.max() >= n):
-      raise IndexError(f'indices out of range for a source of {n} examples')
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i: int) -> Any:
-    return self._source[int(self._indices[i])]
-
-  def __getitems__(self, keys: Sequence[int]) -> Sequence[Any]:
-    ids = [int(self._indices[k]) for k in keys]
-    if hasattr(self._source, '__getitems__'):
-      return self._source.__getitems__(ids)
-    return [self._source[i] for i in ids]
-
-
-class _PaddedWithMask:
-  """Elements 0..n-1 of `source` with mask 1, then zero-filled padding with mask 0."""
-
-  def __init__(self, source: Sequence[Any], padded_len: int):
-    self._source, self._n, self._len = source, len(source), padded_len
-    self._pad = None
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    if i < self._n:
-      return {**self._source[i], 'mask': np.float32(1.0)}
-    if self._pad is None:  # every feature zero-filled (multi-task label arrays included)
-      ex = self._source[0]
-      self._pad = {**{k: np.zeros_like(np.asarray(v)) for k, v in ex.items()}, 'mask': np.float32(0.0)}
-    return self._pad
-
-
-class _HostSlice:
-  """Process `index`'s share of every global batch: element k of this host is global
-  element (k // b) * B + index * b + k % b, with b = B // count."""
-
-  def __init__(self, parent: Sequence[Any], global_batch: int, index: int, count: int):
-    self._parent, self._B, self._b, self._i = parent, global_batch, global_batch // count, index
-    self._len = (len(parent) // global_batch) * self._b if len(parent) < sys.maxsize else sys.maxsize
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, k: int) -> Any:
-    step, r = divmod(int(k), self._b)
-    return self._parent[step * self._B + self._i * self._b + r]
 
 
 def _host_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -142,9 +86,122 @@ def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | None
   return out
 
 
-def _shuffle_seed(seed: int) -> int:
-  # Hash the user seed so seeds s and s+1 do not share epochs (grain uses seed + epoch).
-  return int(np.random.SeedSequence([int(seed), 0x6A78]).generate_state(1)[0])
+
+
+CACHE_BYTES = 256 * 2**20   # sources (or subsets) up to this size are read once and kept in memory
+
+
+def _read(source: Sequence[Any], ids: Sequence[int]) -> list[Any]:
+  ids = [int(i) for i in ids]
+  if hasattr(source, '__getitems__'):
+    return list(source.__getitems__(ids))
+  return [source[i] for i in ids]
+
+
+def _stack(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in examples[0]}
+
+
+class _Examples:
+  """Examples `ids[p]` of `source` by position p: from memory when they fit in `cache_bytes`."""
+
+  def __init__(self, source: Sequence[Any], ids: np.ndarray, cache_bytes: int):
+    self._source, self._ids = source, ids
+    self._arrays = None
+    if not len(ids):
+      return
+    size = sum(np.asarray(v).nbytes for v in _read(source, ids[:1])[0].values())
+    if size * len(ids) <= cache_bytes:
+      chunks = [_stack(_read(source, ids[i:i + 4096])) for i in range(0, len(ids), 4096)]
+      self._arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def __len__(self) -> int:
+    return len(self._ids)
+
+  def batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    if self._arrays is not None:
+      return {k: v[positions] for k, v in self._arrays.items()}
+    return _stack(_read(self._source, self._ids[positions]))
+
+  def examples(self, positions: np.ndarray) -> list[dict[str, Any]]:
+    b = self.batch(positions)
+    return [{k: v[i] for k, v in b.items()} for i in range(len(positions))]
+
+
+def _subset_ids(source: Sequence[Any], indices: np.ndarray | None) -> np.ndarray:
+  n = len(source)
+  if indices is None:
+    return np.arange(n, dtype=np.int64)
+  ids = np.asarray(indices, dtype=np.int64)
+  if ids.ndim != 1:
+    raise ValueError(f'indices must be 1-D, got shape {ids.shape}')
+  if len(ids) and (ids.min() < 0 or ids.max() >= n):
+    raise IndexError(f'indices out of range for a source of {n} examples')
+  return ids
+
+
+class _TrainStream:
+  """Random access to this host's rows of global training batch s (picklable, for grain workers).
+
+  Global position j holds subset element perm_e(j mod n), e = j // n, with one seeded permutation per
+  epoch; this host's rows of batch s are positions s·B + [lo, hi).
+  """
+
+  def __init__(self, examples: _Examples, batch_size: int, rows: tuple[int, int], seed: int,
+               preprocess: Preprocess | None):
+    self._ex, self._B, self._rows = examples, batch_size, rows
+    self._seed = int(np.random.SeedSequence([int(seed), 0x6A78]).generate_state(1)[0])
+    self._aug_seed = int(np.random.SeedSequence([int(seed), 0x6175]).generate_state(1)[0])
+    self._pre = preprocess
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) > 256:
+        self._perms.clear()
+      self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(len(self._ex))
+    return self._perms[epoch]
+
+  def __getitem__(self, step: int) -> Batch:
+    j = int(step) * self._B + np.arange(*self._rows)
+    epochs, r = np.divmod(j, len(self._ex))
+    positions = np.array([self._perm(int(e))[i] for e, i in zip(epochs, r)])
+    if self._pre is None or self._pre.is_identity:
+      batch = self._ex.batch(positions)
+    else:  # element j augmented with rng(seed, j)
+      batch = _stack([self._pre.train_example(ex, np.random.default_rng([self._aug_seed, int(p)]))
+                      for ex, p in zip(self._ex.examples(positions), j)])
+    return _to_model_inputs(batch, self._pre)
+
+
+class _EvalStream:
+  """This host's rows of eval batch i: every example once, in order, then zero padding with mask 0."""
+
+  def __init__(self, examples: _Examples, batch_size: int, rows: tuple[int, int],
+               preprocess: Preprocess | None):
+    self._ex, self._B, self._rows, self._pre = examples, batch_size, rows, preprocess
+    self._len = -(-len(examples) // batch_size)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _process(self, exs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if self._pre is None or self._pre.is_identity:
+      return exs
+    return [self._pre.eval_example(ex) for ex in exs]
+
+  def __getitem__(self, i: int) -> Batch:
+    j = int(i) * self._B + np.arange(*self._rows)
+    real = j[j < len(self._ex)]
+    exs = self._process(self._ex.examples(real) if len(real) else [])
+    template = exs[0] if exs else self._process(self._ex.examples(np.zeros(1, np.int64)))[0]
+    pad = {k: np.zeros_like(np.asarray(v)) for k, v in template.items()}
+    exs = [{**ex, 'mask': np.float32(1.0)} for ex in exs]
+    exs += [{**pad, 'mask': np.float32(0.0)}] * (len(j) - len(real))
+    return _to_model_inputs(_stack(exs), self._pre)
 
 
 def _iterate(ds: grain.MapDataset, num_threads: int, prefetch: int,
@@ -164,7 +221,8 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
                   start_step: int = 0, indices: np.ndarray | None = None,
                   num_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
                   process_index: int = 0, process_count: int = 1,
-                  preprocess: Preprocess | None = None) -> Iterator[Batch]:
+                  preprocess: Preprocess | None = None,
+                  cache_bytes: int = CACHE_BYTES) -> Iterator[Batch]:
   """Infinite shuffled training batches; batch s depends only on (seed, s, indices).
 
   Args:
@@ -177,6 +235,7 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
     worker_count: grain worker processes (0 = threads only).
     process_index, process_count: this host's slice of every global batch.
     preprocess: optional resize / random crop / flip / normalisation (module docstring).
+    cache_bytes: keep the (subset of the) source in memory when it is at most this large.
 
   Yields:
     {'image': float32 (b, H, W, C) in [0, 1] (normalised if `preprocess` says so), 'label': int32 (b,)}.
@@ -184,24 +243,19 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
   b = _host_batch_size(batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}')
-  src = source if indices is None else _Subset(source, indices)
-  if len(src) == 0:
+  ids = _subset_ids(source, indices)
+  if len(ids) == 0:
     raise ValueError('cannot draw training batches from an empty dataset')
-  ds = grain.MapDataset.source(src).shuffle(seed=_shuffle_seed(seed)).repeat()
-  if preprocess is not None and not preprocess.is_identity:
-    # Per-position generators: element j of the stream is augmented with rng(seed, j).
-    ds = ds.random_map(preprocess.train_example,
-                       seed=int(np.random.SeedSequence([int(seed), 0x6175]).generate_state(1)[0]))
-  if process_count > 1:
-    ds = grain.MapDataset.source(_HostSlice(ds, batch_size, process_index, process_count))
-  ds = ds.batch(b, drop_remainder=True).map(functools.partial(_to_model_inputs, preprocess=preprocess))
-  return _iterate(ds[start_step:], num_threads, prefetch, worker_count)
+  stream = _TrainStream(_Examples(source, ids, cache_bytes), batch_size,
+                        (process_index * b, (process_index + 1) * b), seed, preprocess)
+  return _iterate(grain.MapDataset.source(stream)[start_step:], num_threads, prefetch, worker_count)
 
 
 def eval_batches(source: Sequence[Any], *, batch_size: int,
                  indices: np.ndarray | None = None, num_threads: int = 2,
                  prefetch: int = 4, worker_count: int = 0, process_index: int = 0,
-                 process_count: int = 1, preprocess: Preprocess | None = None) -> Iterator[Batch]:
+                 process_count: int = 1, preprocess: Preprocess | None = None,
+                 cache_bytes: int = 0) -> Iterator[Batch]:
   """Every example exactly once, in order; the last batch is zero-padded to batch_size.
 
   Yields:
@@ -211,12 +265,6 @@ def eval_batches(source: Sequence[Any], *, batch_size: int,
     processes counts every example once.
   """
   b = _host_batch_size(batch_size, process_index, process_count)
-  src = source if indices is None else _Subset(source, indices)
-  padded = -(-len(src) // batch_size) * batch_size
-  ds = grain.MapDataset.source(_PaddedWithMask(src, padded))
-  if preprocess is not None and not preprocess.is_identity:
-    ds = ds.map(preprocess.eval_example)  # deterministic: resize, centre crop (padding rows included)
-  if process_count > 1:
-    ds = grain.MapDataset.source(_HostSlice(ds, batch_size, process_index, process_count))
-  ds = ds.batch(b, drop_remainder=True).map(functools.partial(_to_model_inputs, preprocess=preprocess))
-  return _iterate(ds, num_threads, prefetch, worker_count)
+  stream = _EvalStream(_Examples(source, _subset_ids(source, indices), cache_bytes), batch_size,
+                       (process_index * b, (process_index + 1) * b), preprocess)
+  return _iterate(grain.MapDataset.source(stream), num_threads, prefetch, worker_count)
