@@ -105,6 +105,21 @@ def _train_forward(model: model_lib.Model, params: Any, batch_stats: Any, batch:
   return outputs, mutated.get('batch_stats', batch_stats)
 
 
+def split_frozen(params: Any, frozen: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+  """(params without the frozen backbone blocks, the frozen blocks): the train step differentiates only
+  the first, so no backward pass through frozen blocks is ever traced (not left to XLA to remove)."""
+  if not frozen:
+    return params, {}
+  backbone = params['backbone']
+  return ({**params, 'backbone': {k: v for k, v in backbone.items() if k not in frozen}},
+          {k: v for k, v in backbone.items() if k in frozen})
+
+
+def merge_frozen(params: Any, fixed: dict[str, Any]) -> Any:
+  """Inverse of `split_frozen`."""
+  return {**params, 'backbone': {**params['backbone'], **fixed}} if fixed else params
+
+
 def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, frozen: tuple[str, ...],
                     objective: objectives.Objective | None = None,
                     weighting_method: weighting.Weighting | None = None) -> Callable[..., Any]:
@@ -120,11 +135,14 @@ def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, fr
     return _make_weighted_train_step(model, tx, frozen, objective, weighting_method)
 
   def train_step(params, batch_stats, opt_state, batch, key):
+    trainable, fixed = split_frozen(params, frozen)
+
     def loss_fn(p):
-      outputs, new_stats = _train_forward(model, p, batch_stats, batch, key, frozen)
+      outputs, new_stats = _train_forward(model, merge_frozen(p, fixed), batch_stats, batch, key, frozen)
       loss, metrics = objective.loss(outputs, batch)
       return loss, (metrics, new_stats)
-    (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    grads = merge_frozen(grads, jax.tree_util.tree_map(jnp.zeros_like, fixed))
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, new_stats, opt_state, {'loss': loss, **metrics}

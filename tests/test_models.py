@@ -61,3 +61,29 @@ def test_frozen_blocks_keep_batchnorm_statistics():
 def test_unknown_backbone_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
     model_lib.build({'backbone': {'name': 'vgg'}, 'head': {'name': 'linear', 'num_outputs': 2}})
+
+
+def test_cnn_global_pooling_is_translation_invariant_and_size_free():
+  spec = lambda pool: {'backbone': {'name': 'cnn', 'stages': [4, 8], 'dense': [6], 'pool': pool},
+                       'head': {'name': 'linear', 'num_outputs': 2}}
+  flat, pooled = init(spec('flatten'))['params'], init(spec('max'))['params']
+  assert flat['backbone']['block_2']['dense']['kernel'].shape == (7 * 7 * 8, 6)
+  assert pooled['backbone']['block_2']['dense']['kernel'].shape == (8, 6)
+  m = model_lib.build(spec('max'))
+  # A blob moved by a multiple of the pooling stride (4 px) gives the same features; so does a larger canvas.
+  img = np.zeros((1, 28, 28, 1), np.float32)
+  img[0, 4:10, 4:10] = 1.0
+  moved = np.roll(img, (8, 12), axis=(1, 2))
+  big = np.zeros((1, 48, 48, 1), np.float32)
+  big[0, 24:30, 20:26] = 1.0
+  f = lambda x: np.asarray(m.apply({'params': pooled}, jnp.asarray(x), method=m.features))
+  np.testing.assert_allclose(f(img), f(moved), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f(img), f(big), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(f(img), f(np.zeros_like(img)))
+  # Conv blocks only (dense dropped): pooled straight to the channels.
+  cut = {'name': 'cnn', 'stages': [4, 8], 'dense': [], 'pool': 'mean'}
+  assert m.apply({'params': pooled}, X, method=m.features).shape == (4, 6)
+  mc = model_lib.build({'backbone': cut, 'head': {'name': 'linear', 'num_outputs': 2}})
+  assert mc.apply(mc.init(jax.random.key(0), X), X, method=mc.features).shape == (4, 8)
+  with pytest.raises(ValueError, match='pool'):
+    init(spec('avg'))

@@ -49,10 +49,24 @@ class CNN(nn.Module):
 
   `CNN(stages=(16, 32), dense=(128,))` has blocks block_0 (conv 16-16-pool), block_1 (conv 32-32-pool),
   block_2 (dense 128). The output is the last block's activations, flattened.
+
+  `pool` says how the last conv block's (B, H, W, C) map becomes a vector: 'flatten' (position-aware,
+  the default) or a global 'max' / 'mean' over positions — translation-invariant, for "is there a …
+  anywhere" tasks such as the presence heads of `scenes`, and independent of the image size, so conv
+  blocks trained on 28×28 glyphs fit 48×48 scenes. Pooling has no parameters: the same checkpoint
+  restores into every `pool`.
   """
   stages: Sequence[int] = (16, 32)
   dense: Sequence[int] = (128,)
   drop_last: int = 0
+  pool: str = 'flatten'
+
+  def _pool(self, x: jax.Array) -> jax.Array:
+    if self.pool == 'flatten':
+      return x.reshape(x.shape[0], -1)
+    if self.pool in ('max', 'mean'):
+      return getattr(jnp, self.pool)(x, axis=(1, 2))
+    raise ValueError(f"CNN pool: expected 'flatten', 'max' or 'mean', got {self.pool!r}")
 
   def block_modules(self) -> list[tuple[str, Any]]:
     kinds = [(ConvBlock, f) for f in self.stages] + [(DenseBlock, f) for f in self.dense]
@@ -62,8 +76,10 @@ class CNN(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
     del train, frozen  # No normalisation statistics in this backbone.
     for i, (cls, features) in enumerate(self.block_modules()):
+      if cls is DenseBlock and x.ndim == 4:
+        x = self._pool(x)
       x = cls(features, name=f'block_{i}')(x)
-    return x.reshape(x.shape[0], -1)
+    return self._pool(x) if x.ndim == 4 else x
 
 
 class ResidualBlock(nn.Module):
