@@ -13,8 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-from jaxtransfer import runtime, train
+from experiments.configs import multitask_scenes
+from jaxtransfer import checkpoint, config, runtime, train
+
+flags.DEFINE_string('pretrain', multitask_scenes.PRETRAIN,
+                    'Glyph pretraining workdir (config.pretrain()); trained there first if it holds no checkpoint.')
 
 log = logging.getLogger('experiments')
 
@@ -24,6 +29,15 @@ def setup() -> None:
   logging.getLogger('jaxtransfer').setLevel(logging.WARNING)
   logging.getLogger('absl').setLevel(logging.WARNING)
   runtime.configure()
+
+
+def pretrained() -> str:
+  """The glyph pretraining workdir the scenes models start from (the demo's; trained here if missing)."""
+  path = os.path.abspath(flags.FLAGS.pretrain)
+  if checkpoint.manager(os.path.join(path, 'checkpoints')).latest_step() is None:
+    log.info('no pretraining checkpoint in %s: pretraining on glyphs first (config.pretrain())', path)
+    train.train(config.pretrain(), path)
+  return path
 
 
 def run(config, workdir: str) -> dict[str, float] | None:

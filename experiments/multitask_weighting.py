@@ -1,8 +1,8 @@
 """Experiment 6c: loss-weighting methods against equal weighting.
 
 Run:
-  .venv/bin/python -m experiments.multitask_weighting [--workdir=runs/multitask_weighting] [--seeds=3] [--steps=300]
-Six presence heads on scenes/u30 (30 % unknown training labels, masked loss), config.mtl.weighting =
+  .venv/bin/python -m experiments.multitask_weighting [--workdir=runs/multitask_weighting] [--seeds=3] [--steps=400]
+Six presence heads over the glyph-pretrained conv blocks (experiments/configs/multitask_scenes.py) on scenes/u30 (30 % unknown training labels, masked loss), config.mtl.weighting =
 equal | uncertainty | gradnorm | pcgrad | cagrad (jaxtransfer/weighting.py, default hyper-parameters).
 GradNorm / PCGrad / CAGrad take one backward pass per task (6×), so their runs cost ~3–6× an equal run.
 """
@@ -16,16 +16,15 @@ from experiments.configs import multitask_scenes
 
 flags.DEFINE_string('workdir', 'runs/multitask_weighting', 'Where runs and results go.')
 flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
-flags.DEFINE_integer('steps', 300, 'Training steps per run.')
+flags.DEFINE_integer('steps', 400, 'Training steps per run.')
 flags.DEFINE_list('methods', ['equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad'], 'Weighting methods.')
 FLAGS = flags.FLAGS
 
-BACKBONE = {'name': 'cnn', 'stages': [8, 16], 'dense': [32]}
 
 
 def make(method: str):
   def config(seed: int):
-    c = multitask_scenes.get_config('scenes/u30', BACKBONE, FLAGS.steps)
+    c = multitask_scenes.get_config('scenes/u30', R.pretrained(), FLAGS.steps)
     c.seed, c.mtl.weighting = seed, method
     return c
   return config

@@ -5,7 +5,8 @@ real handwritten digits per class (task B) with four strategies, 3 seeds each �
 `results.json` and `results.png` in the workdir. Every stage is an ordinary `train.train` run in its own
 sub-workdir, so an interrupted demo resumes where it stopped.
 
-Strategies (same budget for all; learning rates chosen on a validation split, see BUILD_NOTES.md):
+Strategies (same budget for all; each strategy's learning rate per label budget chosen on a validation
+split by experiments/tune_lr.py, never on the test digits — see BUILD_NOTES.md):
   scratch   same architecture, random init, everything trains;
   head      pretrained backbone frozen, new linear head (linear probe);
   last-1    pretrained backbone, its last block and the new head train;
@@ -27,19 +28,28 @@ from jaxtransfer import train
 
 log = logging.getLogger('jaxtransfer')
 
+# lr per labels-per-class budget: the best mean validation accuracy of experiments/tune_lr.py (2 seeds,
+# lrs 3e-4 … 3e-2, subsets of real_digits train[:3000], validation train[3000:]; BUILD_NOTES.md).
 STRATEGIES: dict[str, dict[str, Any]] = {
-    'scratch': {'trainable': 'all', 'init_from': False, 'lr': 3e-3},
-    'head': {'trainable': 'head', 'init_from': True, 'lr': 1e-2},
-    'last-1': {'trainable': 'last:1', 'init_from': True, 'lr': 1e-3},
-    'full': {'trainable': 'all', 'init_from': True, 'lr': 1e-3},
+    'scratch': {'trainable': 'all', 'init_from': False, 'lr': {1: 3e-4, 10: 3e-3, 100: 3e-3}},
+    'head': {'trainable': 'head', 'init_from': True, 'lr': {1: 3e-2, 10: 1e-2, 100: 3e-2}},
+    'last-1': {'trainable': 'last:1', 'init_from': True, 'lr': {1: 1e-3, 10: 1e-3, 100: 3e-3}},
+    'full': {'trainable': 'all', 'init_from': True, 'lr': {1: 3e-3, 10: 1e-3, 100: 3e-3}},
     # The head-only probe again, its output layer started from A's outputs for the digits '0'…'9'.
-    'head+A-digits': {'trainable': 'head', 'init_from': True, 'lr': 1e-2, 'head_init': 'class_names'},
+    'head+A-digits': {'trainable': 'head', 'init_from': True, 'head_init': 'class_names',
+                      'lr': {1: 3e-4, 10: 1e-2, 100: 3e-2}},
 }
 PER_CLASS = (1, 10, 100)
 # Splitting the batch over 4 CPU devices made pretraining 1.5× faster per step (8.5 vs ~5 steps/s)
 # but the batch-32 fine-tunes slower (10 steps/s, ~2× the 1-device step): the demo stays on JAX's
 # default device layout. Set e.g. 4 here to split (no effect on GPU/TPU).
 CPU_DEVICES = 0
+
+
+def learning_rate(strategy: str, per_class: int) -> float:
+  """The strategy's tuned lr for `per_class` labels (an untuned budget takes the nearest tuned one, in log scale)."""
+  lrs = STRATEGIES[strategy]['lr']
+  return lrs[min(lrs, key=lambda k: abs(np.log(k) - np.log(per_class)))]
 
 
 def pretrain_config(quick: bool) -> ml_collections.ConfigDict:
@@ -61,7 +71,7 @@ def finetune_config(strategy: str, per_class: int, seed: int, pretrain_dir: str,
   c.seed = seed
   c.input.subset_seed = seed
   c.mesh.cpu_devices = 0 if quick else CPU_DEVICES
-  c.optim.lr = s['lr']
+  c.optim.lr = learning_rate(strategy, per_class)
   c.transfer.head_init = s.get('head_init', 'fresh')
   c.train.checkpoint_every = c.train.steps
   if quick:

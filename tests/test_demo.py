@@ -21,3 +21,13 @@ def test_quick_demo_writes_results(tmp_path, data_dir, monkeypatch):
   assert '| scratch |' in table and '1/class' in table
   assert os.path.getsize(tmp_path / 'results.png') > 5000
   assert os.path.isdir(tmp_path / 'finetune' / 'scratch' / '1_per_class' / 'seed_1' / 'checkpoints')
+
+
+def test_learning_rates_per_budget_nearest_in_log_scale():
+  for s, spec in demo.STRATEGIES.items():
+    assert set(spec['lr']) == set(demo.PER_CLASS), s
+    assert demo.learning_rate(s, 10) == spec['lr'][10]
+    assert demo.learning_rate(s, 5) == spec['lr'][10]      # log 5 is nearer log 10 than log 1
+    assert demo.learning_rate(s, 1000) == spec['lr'][100]
+  c = demo.finetune_config('head', 100, 0, '/nowhere', {}, quick=True)
+  assert c.optim.lr == demo.STRATEGIES['head']['lr'][100] and c.trainable == 'head'
