@@ -13,7 +13,9 @@ from jaxtransfer.models import model as model_lib
 
 def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None = None,
                         batch_size: int = 500) -> dict[str, Any]:
-  """Accuracy and loss of the checkpoint at `path` (workdir, checkpoints dir or step dir).
+  """The metrics of the checkpoint at `path` (workdir, checkpoints dir or step dir) under the objective it
+  was trained with: accuracy and loss (classification), or per-task metrics and mean AP on the true labels
+  (multi-task).
 
   `data`/`split` default to the evaluation dataset and split the run was configured with.
   """
@@ -35,7 +37,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
            if 'batch_stats' in abstract else {})
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
                         manual_dir=config.input.manual_dir or None)
-  objective = objectives.classification()
+  objective = objectives.from_config(config)
   result = train.evaluate(jax.jit(train.make_eval_step(model, objective)), objective, params, stats, source,
                           batch_size, mesh, pre)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

@@ -195,6 +195,13 @@ def multitask(tasks: Any, weights: Mapping[str, float] | None = None, unknown_po
   return MultiTaskObjective(loss, per_example, summarize, task_losses, present, defs)
 
 
+def from_config(config: Any) -> Objective | MultiTaskObjective:
+  """The objective a run's config trains (and its checkpoints are evaluated) with."""
+  if config.model.head == 'multitask':
+    return multitask(config.tasks, unknown_policy=config.mtl.unknown_policy)
+  return classification()
+
+
 WEIGHTINGS = {'equal': weighting.equal, 'uncertainty': weighting.uncertainty, 'gradnorm': weighting.gradnorm,
               'pcgrad': weighting.pcgrad, 'cagrad': weighting.cagrad}
 

@@ -214,11 +214,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   info = catalog.info(config.data, data_dir=data_dir, manual_dir=manual_dir)
   num_outputs = config.model.num_outputs or info.num_classes
   train_source = catalog.load(config.data, config.input.train_split, data_dir=data_dir, manual_dir=manual_dir)
+  objective = objectives.from_config(config)
   if config.model.head == 'multitask':
-    objective = objectives.multitask(config.tasks, unknown_policy=config.mtl.unknown_policy)
     indices, n_examples = multitask_indices(config, objective, data_dir, manual_dir)
   else:
-    objective = objectives.classification()
     train_labels = catalog.labels(config.data, config.input.train_split, data_dir=data_dir, manual_dir=manual_dir)
     check_labels(train_labels, num_outputs, f'{config.data} split {config.input.train_split}')
     indices = (fewshot.k_per_class_indices(train_labels, config.input.per_class, config.input.subset_seed)

@@ -119,3 +119,32 @@ def test_weighting_method_runs_in_the_loop_and_is_checkpointed(data_dir, tmp_pat
   saved_w = [np.asarray(x) for x in jax.tree.leaves(saved['weighting'])]
   assert any(np.array_equal(w, np.asarray(state.weights)) for w in saved_w)
   assert np.isfinite(out.metrics['mean_ap'])
+
+
+def test_per_head_learning_rates_by_path_rules(data_dir, tmp_path):
+  """optim.lr_mult over head paths: has_1's head moves 0×, has_2's 10× as far as at the base lr (SGD)."""
+  moved = {}
+  for name, mult in (('base', ()), ('mult', (('head/has_1/.*', 0.0), ('head/has_2/.*', 10.0))),
+                     ('start', (('.*', 0.0),))):     # every lr × 0: the initial parameters
+    c = tiny_config(data_dir, **{'optim.name': 'sgd', 'optim.momentum': 0.0, 'optim.schedule': 'constant',
+                                 'optim.lr': 1e-3, 'optim.lr_mult': mult, 'train.steps': 1})
+    moved[name] = rules.flatten(train.train(c, str(tmp_path / name)).params)
+  start = moved['start']
+  for path in start:
+    d_base = np.abs(moved['base'][path] - start[path]).max()
+    d_mult = np.abs(moved['mult'][path] - start[path]).max()
+    if path.startswith('head/has_1/'):
+      assert d_mult == 0.0 and d_base > 0, path
+    elif path.startswith('head/has_2/'):
+      np.testing.assert_allclose(d_mult, 10 * d_base, rtol=1e-3, err_msg=path)
+    else:
+      np.testing.assert_allclose(d_mult, d_base, rtol=1e-5, err_msg=path)
+
+
+def test_evaluate_checkpoint_scores_a_multitask_run_on_true_labels(data_dir, tmp_path):
+  from jaxtransfer import evaluation
+  out = train.train(tiny_config(data_dir), str(tmp_path))
+  again = evaluation.evaluate_checkpoint(str(tmp_path))
+  assert again['mean_ap'] == pytest.approx(out.metrics['mean_ap'], abs=1e-6)
+  assert again['has_3/auc'] == pytest.approx(out.metrics['has_3/auc'], abs=1e-6)
+  assert again['count'] == 128 and again['split'] == 'test'
