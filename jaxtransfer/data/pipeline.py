@@ -159,11 +159,13 @@ class _TrainStream:
     return sys.maxsize
 
   def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
+    perm = self._perms.get(epoch)       # grain's reader threads share this cache: no check-then-read
+    if perm is None:
+      perm = np.random.default_rng([self._seed, epoch]).permutation(len(self._ex))
       if len(self._perms) > 256:
         self._perms.clear()
-      self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(len(self._ex))
-    return self._perms[epoch]
+      self._perms[epoch] = perm
+    return perm
 
   def __getitem__(self, step: int) -> Batch:
     j = int(step) * self._B + np.arange(*self._rows)
