@@ -69,3 +69,28 @@ def test_masked_alone_would_let_frozen_weights_move():
   ours = optim.make(config_lib.base().optim, labels, 10)
   updates, _ = ours.update({'a': jnp.ones(3), 'b': jnp.ones(3)}, ours.init(params), params)
   assert np.all(np.asarray(updates['b']) == 0)
+
+
+@pytest.mark.parametrize('trainable, convs', [('head', 4), ('last:2', 4 + 2 + 1), ('all', 4 + 4 + 3)])
+def test_train_step_traces_no_backward_through_frozen_blocks(trainable, convs):
+  """Convolutions in the step's jaxpr: the 4 of the forward pass, plus per trainable conv layer one for its
+  kernel gradient and one for its input gradient — except the first layer, whose input needs none."""
+  model = model_lib.build(SPECS['cnn'])
+  batch = _batch(0)
+  params = model.init(jax.random.key(0), batch['image'])['params']
+  labels = rules.freeze_labels(trainable, params)
+  tx = optim.make(config_lib.base().optim, labels, total_steps=5)
+  step = train.make_train_step(model, tx, rules.frozen_blocks(labels))
+  jaxpr = jax.make_jaxpr(step)(params, {}, tx.init(params), batch, jax.random.key(1))
+
+  def count(jx):
+    n = 0
+    for eqn in jx.eqns:
+      n += eqn.primitive.name == 'conv_general_dilated'
+      for p in eqn.params.values():        # nested jaxprs (pjit, custom_vjp, …)
+        if hasattr(p, 'jaxpr') and hasattr(p.jaxpr, 'eqns'):
+          n += count(p.jaxpr)
+        elif hasattr(p, 'eqns'):
+          n += count(p)
+    return n
+  assert count(jaxpr.jaxpr) == convs
