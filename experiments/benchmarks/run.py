@@ -22,8 +22,8 @@ computed from timings in its `raw` section:
 What is timed is THE code of the training loop: `train.make_train_step(model, optim.make(...), frozen)`
 jitted with the loop's buffer donation, `model.apply` for the forward, `catalog`/`pipeline` for data.
 The machine is shared and noisy, so nothing is timed alone: every variant is compiled first, then the
-variants run in rounds (one timed call of each per round, torch included) and medians over rounds are
-compared. Only ratios between numbers of the same run mean anything.
+variants run in rounds (per round and variant: one untimed call, then the mean of 3 timed calls; torch
+included) and medians over rounds are compared. Only ratios between numbers of the same run mean anything.
 
 Speed experiments (`--experiments`, on by default unless --quick): the full step of the demo CNN under
 changed XLA settings — the batch split over N fake CPU devices (`--xla_force_host_platform_device_count`,
@@ -416,11 +416,17 @@ def bench(args) -> dict:
 
   phase('compile')
   print(f'timing {len(times)} variants × {rounds} rounds ...', flush=True)
+  calls = 1 if q else 3
   for r in range(rounds):
     for k, fn in variants.items():
-      t = time.perf_counter()
+      # One untimed call first: the variant timed just before (e.g. the full step before the head-only
+      # one) leaves caches and XLA's thread pool in its own state, which otherwise lands on this sample
+      # (it made head-only/forward read 1.30 instead of ~1.1 at batch 128). Then the mean of `calls`.
       fn()
-      times[k].append(time.perf_counter() - t)
+      t = time.perf_counter()
+      for _ in range(calls):
+        fn()
+      times[k].append((time.perf_counter() - t) / calls)
     if torch_w:
       for b in batches:
         times[f'torch/cnn/b{b}/full'].append(torch_w.time(b, 'step'))
