@@ -190,20 +190,19 @@ class _EvalStream:
   def __len__(self) -> int:
     return self._len
 
-  def _process(self, exs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  def _read(self, positions: np.ndarray) -> dict[str, np.ndarray]:
     if self._pre is None or self._pre.is_identity:
-      return exs
-    return [self._pre.eval_example(ex) for ex in exs]
+      return self._ex.batch(positions)
+    return _stack([self._pre.eval_example(ex) for ex in self._ex.examples(positions)])
 
   def __getitem__(self, i: int) -> Batch:
     j = int(i) * self._B + np.arange(*self._rows)
     real = j[j < len(self._ex)]
-    exs = self._process(self._ex.examples(real) if len(real) else [])
-    template = exs[0] if exs else self._process(self._ex.examples(np.zeros(1, np.int64)))[0]
-    pad = {k: np.zeros_like(np.asarray(v)) for k, v in template.items()}
-    exs = [{**ex, 'mask': np.float32(1.0)} for ex in exs]
-    exs += [{**pad, 'mask': np.float32(0.0)}] * (len(j) - len(real))
-    return _to_model_inputs(_stack(exs), self._pre)
+    batch = self._read(real if len(real) else np.zeros(1, np.int64))   # a template when all rows pad
+    n_pad = len(j) - len(real)
+    out = {k: np.concatenate([v[:len(real)], np.zeros((n_pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out['mask'] = (np.arange(len(j)) < len(real)).astype(np.float32)
+    return _to_model_inputs(out, self._pre)
 
 
 def _iterate(ds: grain.MapDataset, num_threads: int, prefetch: int,
