@@ -31,12 +31,21 @@ def setup() -> None:
   runtime.configure()
 
 
-def pretrained() -> str:
-  """The glyph pretraining workdir the scenes models start from (the demo's; trained here if missing)."""
-  path = os.path.abspath(flags.FLAGS.pretrain)
+def pretrained(stages: Sequence[int] | None = None, path: str | None = None) -> str:
+  """The glyph pretraining workdir the scenes models start from (trained here if missing): the demo's
+  (`--pretrain`) for the default CNN, or `path` for a CNN with other conv `stages` (widths)."""
+  c = config.pretrain()
+  if stages is not None and list(stages) != list(c.model.backbone['stages']):
+    if path is None:
+      raise ValueError(f'pretrained(stages={list(stages)}): a workdir for the non-default width is needed')
+    c.model.backbone = {**c.model.backbone, 'stages': list(stages)}
+  else:
+    path = flags.FLAGS.pretrain
+  path = os.path.abspath(path)
   if checkpoint.manager(os.path.join(path, 'checkpoints')).latest_step() is None:
-    log.info('no pretraining checkpoint in %s: pretraining on glyphs first (config.pretrain())', path)
-    train.train(config.pretrain(), path)
+    log.info('no pretraining checkpoint in %s: pretraining on glyphs first (stages %s)', path,
+             c.model.backbone['stages'])
+    train.train(c, path)
   return path
 
 
@@ -70,6 +79,11 @@ def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir:
       m = run(make(seed), os.path.join(workdir, name, f'seed_{seed}'))
       out.setdefault(name, []).append(None if m is None else float(m[key]))
   return out
+
+
+def wall_seconds(workdir: str, name: str, seeds: int) -> list[float]:
+  """The recorded wall-clock seconds of each seed's run of a grid cell (machine load included)."""
+  return [json.load(open(os.path.join(workdir, name, f'seed_{s}', 'final.json')))['wall_s'] for s in range(seeds)]
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:

@@ -4,7 +4,10 @@ Run:
   .venv/bin/python -m experiments.multitask_weighting [--workdir=runs/multitask_weighting] [--seeds=3] [--steps=400]
 Six presence heads over the glyph-pretrained conv blocks (experiments/configs/multitask_scenes.py) on scenes/u30 (30 % unknown training labels, masked loss), config.mtl.weighting =
 equal | uncertainty | gradnorm | pcgrad | cagrad (jaxtransfer/weighting.py, default hyper-parameters).
-GradNorm / PCGrad / CAGrad take one backward pass per task (6×), so their runs cost ~3–6× an equal run.
+GradNorm / PCGrad / CAGrad take their Gram matrix of task gradients at the backbone output
+(config.mtl.task_gradients='features': one backbone backward pass plus six through the small heads;
+`--task_gradients=params` takes it at the shared parameters, one backbone backward pass per task, ~6×).
+The table reports each method's training time per run beside its mean AP.
 """
 
 import os
@@ -18,14 +21,15 @@ flags.DEFINE_string('workdir', 'runs/multitask_weighting', 'Where runs and resul
 flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
 flags.DEFINE_integer('steps', 400, 'Training steps per run.')
 flags.DEFINE_list('methods', ['equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad'], 'Weighting methods.')
+flags.DEFINE_enum('task_gradients', 'features', ['features', 'params'],
+                  'Where gradient methods take per-task gradients (config.mtl.task_gradients).')
 FLAGS = flags.FLAGS
-
 
 
 def make(method: str):
   def config(seed: int):
     c = multitask_scenes.get_config('scenes/u30', R.pretrained(), FLAGS.steps)
-    c.seed, c.mtl.weighting = seed, method
+    c.seed, c.mtl.weighting, c.mtl.task_gradients = seed, method, FLAGS.task_gradients
     return c
   return config
 
@@ -34,13 +38,16 @@ def main(_):
   R.setup()
   res = R.grid([(m, make(m)) for m in FLAGS.methods], FLAGS.seeds, FLAGS.workdir)
   base = res.get('equal')
-  lines = ['| weighting | mean AP | Δ vs equal (paired by seed) |', '|---|---|---|']
+  seconds = {m: R.wall_seconds(FLAGS.workdir, m, FLAGS.seeds) for m in FLAGS.methods}
+  lines = ['| weighting | mean AP | Δ vs equal (paired by seed) | wall s per run (incl. compile + eval) |',
+           '|---|---|---|---|']
   for m in FLAGS.methods:
     d = [a - b for a, b in zip(res[m], base)] if base else []
-    lines.append(f'| {m} | {R.fmt(res[m])} | {R.fmt(d) if base else "–"} |')
+    lines.append(f'| {m} | {R.fmt(res[m])} | {R.fmt(d) if base else "–"} | {R.fmt(seconds[m], scale=1.0)} |')
   text = (f'Mean AP (%) on 1000 test scenes (true labels), scenes/u30, mean ± std over {FLAGS.seeds} seeds, '
           f'{FLAGS.steps} steps.\n\n' + '\n'.join(lines))
-  R.write(FLAGS.workdir, 'Experiment 6c: loss weighting', text, {'mean_ap': res, 'steps': FLAGS.steps})
+  R.write(FLAGS.workdir, 'Experiment 6c: loss weighting', text, {'mean_ap': res, 'wall_s': seconds, 'steps': FLAGS.steps,
+                                                                 'task_gradients': FLAGS.task_gradients})
   R.line_plot(os.path.join(FLAGS.workdir, 'weighting.png'), list(range(len(FLAGS.methods))),
               {m: [res[m] if m == n else [None] for n in FLAGS.methods] for m in FLAGS.methods},
               'method (0 = ' + ', '.join(f'{i} {m}' for i, m in enumerate(FLAGS.methods)) + ')')

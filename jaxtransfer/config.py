@@ -49,6 +49,9 @@ def base() -> ml_collections.ConfigDict:
   c.tasks = ml_collections.ConfigDict()
   c.mtl = ml_collections.ConfigDict()
   c.mtl.weighting = 'equal'             # 'equal' | 'uncertainty' | 'gradnorm' | 'pcgrad' | 'cagrad' (weighting.py)
+  c.mtl.task_gradients = 'features'     # gradient methods (gradnorm/pcgrad/cagrad): their Gram matrix of task
+                                        # gradients at the backbone output ('features', one backbone backward
+                                        # pass) or at the shared parameters ('params', one per task)
   c.mtl.unknown_policy = 'mask'         # unknown labels: 'mask' (left out) | 'negative' (as 0) | 'drop' (only
                                         # fully labelled examples train)
   c.mtl.head_hidden = ()                # per-task hidden Dense layers of the multitask head (() = linear heads)

@@ -122,17 +122,19 @@ def merge_frozen(params: Any, fixed: dict[str, Any]) -> Any:
 
 def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, frozen: tuple[str, ...],
                     objective: objectives.Objective | None = None,
-                    weighting_method: weighting.Weighting | None = None) -> Callable[..., Any]:
+                    weighting_method: weighting.Weighting | None = None,
+                    task_gradients: str = 'features') -> Callable[..., Any]:
   """Pure (un-jitted) train step: (params, batch_stats, opt_state, batch, key) → (…, metrics).
 
   `objective` defaults to single-label classification. With a `weighting_method` (multi-task only) the
   gradients come from `weighting.weighted_grads` over the objective's per-task losses, and `opt_state` is
   `{'tx': optimizer state, 'weighting': method state}` — so the method's state is checkpointed and
-  resumed with the optimizer's.
+  resumed with the optimizer's. `task_gradients`: where a gradient method takes the per-task gradients
+  (see `_make_weighted_train_step`).
   """
   objective = objective or objectives.classification()
   if weighting_method is not None:
-    return _make_weighted_train_step(model, tx, frozen, objective, weighting_method)
+    return _make_weighted_train_step(model, tx, frozen, objective, weighting_method, task_gradients)
 
   def train_step(params, batch_stats, opt_state, batch, key):
     trainable, fixed = split_frozen(params, frozen)
@@ -150,18 +152,44 @@ def make_train_step(model: model_lib.Model, tx: optax.GradientTransformation, fr
   return train_step
 
 
-def _make_weighted_train_step(model, tx, frozen, objective, method):
-  """The train step of a multi-task run whose task gradients are combined by a weighting method."""
+def _make_weighted_train_step(model, tx, frozen, objective, method, task_gradients='features'):
+  """The train step of a multi-task run whose task gradients are combined by a weighting method.
+
+  `task_gradients` (gradient methods only): 'features' takes the Gram matrix of the per-task gradients
+  at the backbone's output (one backbone backward pass, `weighting.weighted_grads_at_features`);
+  'params' at the shared parameters (T backbone backward passes, `weighting.weighted_grads`).
+  """
   names = [t.name for t in objective.tasks]
+  if task_gradients not in ('features', 'params'):
+    raise ValueError(f"mtl.task_gradients: expected 'features' or 'params', got {task_gradients!r}")
 
   def train_step(params, batch_stats, opt_state, batch, key):
-    def loss_fn(p):
-      outputs, new_stats = _train_forward(model, p, batch_stats, batch, key, frozen)
-      per_task, metrics = objective.task_losses(outputs, batch)
-      return per_task, (metrics, new_stats)
-    grads, w_state, info = weighting.weighted_grads(method, loss_fn, params, opt_state['weighting'],
-                                                    objective.present(batch), vectorize=False)
-    metrics, new_stats = info.aux
+    trainable, fixed = split_frozen(params, frozen)
+    if task_gradients == 'features' and method.needs_gram:
+      def features_fn(backbone):
+        variables = _variables({'backbone': {**backbone, **fixed}}, batch_stats)
+        z, mutated = model.apply(variables, batch['image'], train=True, frozen=frozen, method=model_lib.Model.features,
+                                 mutable=['batch_stats'])
+        return z, mutated.get('batch_stats', batch_stats)
+
+      def heads_fn(head, z):
+        outputs = model.apply({'params': {'head': head}}, z, method=lambda m, z: m.head(z, train=True),
+                              rngs={'dropout': key})
+        return objective.task_losses(outputs, batch)
+      (g_backbone, g_head), w_state, info = weighting.weighted_grads_at_features(
+          method, features_fn, heads_fn, trainable['backbone'], trainable['head'], opt_state['weighting'],
+          objective.present(batch))
+      grads = {'backbone': g_backbone, 'head': g_head}
+      new_stats, metrics = info.aux
+    else:
+      def loss_fn(p):
+        outputs, new_stats = _train_forward(model, merge_frozen(p, fixed), batch_stats, batch, key, frozen)
+        per_task, metrics = objective.task_losses(outputs, batch)
+        return per_task, (metrics, new_stats)
+      grads, w_state, info = weighting.weighted_grads(method, loss_fn, trainable, opt_state['weighting'],
+                                                      objective.present(batch), vectorize=False)
+      metrics, new_stats = info.aux
+    grads = merge_frozen(grads, jax.tree_util.tree_map(jnp.zeros_like, fixed))
     updates, tx_state = tx.update(grads, opt_state['tx'], params)
     params = optax.apply_updates(params, updates)
     metrics = {**metrics, **{f'weight_{n}': info.weights.shared[i] for i, n in enumerate(names)}}
@@ -278,7 +306,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # step is recompiled there so BatchNorm of a not-yet-trained block stays in inference mode.
   starts = optim.start_steps(config.optim, labels)
   changes = optim.schedule_changes(labels, starts)
-  compile_step = lambda frozen: jax.jit(make_train_step(model, tx, frozen, objective, w_method), donate_argnums=(0, 1, 2),
+  compile_step = lambda frozen: jax.jit(make_train_step(model, tx, frozen, objective, w_method,
+                                                        config.mtl.task_gradients), donate_argnums=(0, 1, 2),
                                         out_shardings=(param_sh, stats_sh, opt_sh, sharding.replicated(mesh)))
   train_step = compile_step(optim.frozen_blocks_at(labels, starts, start) if changes else frozen)
   eval_step = jax.jit(make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))

@@ -45,11 +45,16 @@ the gradient (the Gram matrix, PCGrad's projections and CAGrad's 1000-step simpl
 T × T work, ~1 ms), while equal and uncertainty weighting cost exactly one backward pass
 (`weighted_grads` skips the Jacobian when `needs_gram` is False). On this CPU `vectorize=False`
 was faster and lighter (the vmapped backward's batched matmuls are slow on CPU, and its
-temporaries grow with T); the vmapped form is the usual choice on accelerators. The cheaper
-alternative, gradients at the shared representation z (MGDA-UB style: T backward passes through
-the heads only, T × B × dim(z) memory), only approximates the Gram matrix of the parameter
-gradients; it is not implemented because it needs the model split into backbone and heads inside
-the loss, and the exact Jacobian is affordable for the small T of this project.
+temporaries grow with T); the vmapped form is the usual choice on accelerators.
+
+**Gradients at the shared representation** (`weighted_grads_at_features`, the training loop's
+default, `config.mtl.task_gradients='features'`): the Gram matrix of the per-task gradients at
+the backbone output z (MGDA-UB, Sener & Koltun 2018) — T backward passes through the heads only,
+T × |z| memory — and then ONE backward pass through the backbone with cotangent
+Σ_t shared[t]·∂L_t/∂z. For a conv backbone this is what makes the gradient methods affordable:
+the exact parameter Jacobian costs one conv backward pass per task, the representation form about
+what `equal()` costs (step times side by side: experiments/benchmarks/mtl_gradients.py). The combined gradient is exact for the coefficients it
+uses; only the coefficients differ, since the Gram matrix at z is a surrogate for the one at θ.
 """
 
 from collections.abc import Callable
@@ -113,6 +118,8 @@ def per_task_grads(
 def gram_matrix(jac: PyTree) -> jax.Array:
   """G Gᵀ (T, T) of a Jacobian tree with leading task axis, summed leaf by leaf (no concat)."""
   leaves = jax.tree.leaves(jac)
+  if not leaves:
+    raise ValueError('gram_matrix: the shared parameters are empty (all frozen?); nothing to weight by gradients')
   t = leaves[0].shape[0]
   flat = [x.reshape(t, -1).astype(jnp.float32) for x in leaves]
   return sum(jnp.dot(x, x.T, precision='highest') for x in flat)
@@ -174,6 +181,40 @@ def weighted_grads(
   else:
     grads = {k: _combine(weights.shared if k == shared else weights.heads, v) for k, v in jac.items()}
   return grads, state, StepInfo(losses, weights, aux)
+
+
+def weighted_grads_at_features(
+    method: Weighting,
+    features_fn: Callable[[PyTree], tuple[jax.Array, Any]],
+    heads_fn: Callable[[PyTree, jax.Array], tuple[jax.Array, Any]],
+    shared_params: PyTree,
+    head_params: PyTree,
+    state: PyTree,
+    present: jax.Array,
+) -> tuple[tuple[PyTree, PyTree], PyTree, StepInfo]:
+  """Like `weighted_grads`, but the Gram matrix is taken of the per-task gradients at the shared
+  representation z = features(shared_params) instead of at the shared parameters (MGDA-UB, Sener &
+  Koltun 2018). Call inside the jitted step.
+
+  `features_fn(shared_params) -> (z, aux)`; `heads_fn(head_params, z) -> (per_task_losses (T,), aux)`.
+  Returns ((shared grads, head grads), new method state, StepInfo with aux = (features aux, heads aux)).
+
+  Cost: one forward and ONE backward pass through the backbone (with cotangent Σ_t shared[t]·∂L_t/∂z),
+  plus T backward passes through the heads only — for a conv backbone with small heads, about the cost
+  of `equal()`, where `weighted_grads` pays T backbone backward passes. Memory: T × |z| + T × |heads|.
+  The combined gradient is exact for the coefficients chosen (Σ_t shared[t]·∇L_t on the backbone,
+  Σ_t heads[t]·∇L_t on the heads); only the coefficients differ from the parameter-space method, since
+  ∇_θ L_i · ∇_θ L_j ≠ ∂L_i/∂z · ∂L_j/∂z in general (an upper-bound surrogate, as in MGDA-UB).
+  """
+  present = jnp.asarray(present, bool)
+  z, vjp_features, aux_features = jax.vjp(features_fn, shared_params, has_aux=True)
+  losses, jac, aux_heads = per_task_grads(lambda hz: heads_fn(*hz), (head_params, z), vectorize=False)
+  jac_heads, jac_z = jac
+  gram = gram_matrix(jac_z) if method.needs_gram else None
+  weights, state = method.update(jax.lax.stop_gradient(losses), present, state, gram)
+  head_grads = _combine(weights.heads, jac_heads)
+  (shared_grads,) = vjp_features(_combine(weights.shared, jac_z))
+  return (shared_grads, head_grads), state, StepInfo(losses, weights, (aux_features, aux_heads))
 
 
 # --- methods --------------------------------------------------------------------------------

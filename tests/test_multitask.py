@@ -103,9 +103,10 @@ def test_end_to_end_with_one_head_frozen(data_dir, tmp_path):
     assert np.array_equal(before[path], after[path]) == path.startswith('head/has_5/'), path
 
 
-@pytest.mark.parametrize('method', ['gradnorm'])
-def test_weighting_method_runs_in_the_loop_and_is_checkpointed(data_dir, tmp_path, method):
-  c = tiny_config(data_dir, **{'mtl.weighting': method, 'train.steps': 3, 'train.checkpoint_every': 3})
+@pytest.mark.parametrize('task_gradients', ['features', 'params'])
+def test_weighting_method_runs_in_the_loop_and_is_checkpointed(data_dir, tmp_path, task_gradients):
+  c = tiny_config(data_dir, **{'mtl.weighting': 'gradnorm', 'mtl.task_gradients': task_gradients, 'train.steps': 3,
+                               'train.checkpoint_every': 3})
   out = train.train(c, str(tmp_path))
   state = out.opt_state['weighting']
   assert set(out.opt_state) == {'tx', 'weighting'}

@@ -207,3 +207,32 @@ def test_gram_path_matches_a_plain_backward_pass():
   np.testing.assert_allclose(W.gram_matrix(jac['backbone']), g @ g.T, rtol=1e-5, atol=1e-8)
   with pytest.raises(ValueError, match="shared='trunk'"):
     W.weighted_grads(W.pcgrad(), loss_fn, params, jax.random.key(0), present, x, labels, shared='trunk')
+
+
+@pytest.mark.parametrize('name', ['gradnorm', 'pcgrad', 'cagrad'])
+def test_gradients_at_features_are_the_exact_combination_of_the_chosen_coefficients(name):
+  """weighted_grads_at_features: Gram from ∂L_t/∂z, then backbone grads = Σ shared[t]·∇L_t and head grads
+  = Σ heads[t]·∇L_t exactly (checked against the parameter Jacobian); an absent task stays out of it."""
+  method = METHODS[name]
+  params, x, labels, loss_fn = _model_and_batch()
+  present = jnp.any(labels >= 0, axis=0)
+  features_fn = lambda w: (jnp.tanh(x @ w), None)
+
+  def heads_fn(head, z):
+    logits = jnp.stack([z @ head[t] for t in 'abc'], axis=1)
+    return losses.masked_multilabel_loss(logits, labels)[1], None
+
+  state = method.init(3, jax.random.key(0))
+  (g_backbone, g_head), _, info = jax.jit(lambda p, s: W.weighted_grads_at_features(
+      method, features_fn, heads_fn, p['backbone'], p['head'], s, present))(params, state)
+  np.testing.assert_allclose(info.losses, loss_fn(params, x, labels)[0], rtol=1e-6)
+  _, jac, _ = W.per_task_grads(loss_fn, params, x, labels)
+  np.testing.assert_allclose(g_backbone, np.tensordot(info.weights.shared, jac['backbone'], 1), rtol=1e-5, atol=1e-7)
+  for t in 'abc':
+    np.testing.assert_allclose(g_head[t], np.tensordot(info.weights.heads, jac['head'][t], 1), rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(g_head['b'], np.zeros(4))
+  assert info.weights.shared[1] == 0.0 and np.all(np.isfinite(g_backbone))
+  # the coefficients come from the Gram matrix at z (here it differs from the one at the backbone weights)
+  dz = jax.jacrev(lambda z: heads_fn(params['head'], z)[0])(jnp.tanh(x @ params['backbone'])).reshape(3, -1)
+  ref, _ = method.update(info.losses, present, state, dz @ dz.T)
+  np.testing.assert_allclose(info.weights.shared, ref.shared, rtol=1e-4, atol=1e-6)
