@@ -10,3 +10,8 @@ import os as _os
 _FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 if 'xla_cpu_experimental_ynn_fusion_type' not in _os.environ.get('XLA_FLAGS', ''):
   _os.environ['XLA_FLAGS'] = (_os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG).strip()
+
+# Before XLA starts its threads: freed buffers stay in the heap for the next step (jaxtransfer/allocator.py).
+from jaxtransfer import allocator as _allocator  # noqa: E402
+
+_allocator.keep_freed_memory()
