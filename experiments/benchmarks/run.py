@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -57,16 +58,17 @@ RESNET_QUICK = {'name': 'resnet', 'depth': [1], 'width': 8}
 NUM_OUTPUTS = 62                                               # glyphs: the pretraining task
 IMAGE = (28, 28, 1)
 
-# XLA settings compared by --experiments (name → extra XLA_FLAGS, fake devices used by the mesh).
+# Settings compared by --experiments (name → extra XLA_FLAGS, fake devices used by the mesh, extra environment).
 EXPERIMENTS = {
-    'default': ('', 1),
-    'ynn_off': ('--xla_cpu_experimental_ynn_fusion_type=', 1),            # no YNNPACK fusions at all
-    'ynn_no_conv': ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 1),
-    'split2': ('--xla_force_host_platform_device_count=2', 2),
-    'split4': ('--xla_force_host_platform_device_count=4', 4),
+    'default': ('', 1, {}),
+    'malloc_off': ('', 1, {'JAXTRANSFER_MALLOC': 'off'}),   # glibc's default: temp buffers mmap'd every step
+    'ynn_off': ('--xla_cpu_experimental_ynn_fusion_type=', 1, {}),            # no YNNPACK fusions at all
+    'ynn_no_conv': ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 1, {}),
+    'split2': ('--xla_force_host_platform_device_count=2', 2, {}),
+    'split4': ('--xla_force_host_platform_device_count=4', 4, {}),
     'split2_ynn_no_conv': ('--xla_force_host_platform_device_count=2 '
-                           '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 2),
-    'split2_ynn_off': ('--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=', 2),
+                           '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 2, {}),
+    'split2_ynn_off': ('--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=', 2, {}),
 }
 
 
@@ -332,22 +334,27 @@ def experiment_worker(batch: int, rounds: int, devices: int) -> dict:
   state = [params, {}, opt_state]
   times = []
   for i in range(rounds + 2):
+    if i == 2:
+      faults, sys_s = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, resource.getrusage(resource.RUSAGE_SELF).ru_stime
     t = time.perf_counter()
     p, s, o, m = step(*state, b, key)
     state = [p, s, o]
     jax.block_until_ready((state, m))
     if i >= 2:
       times.append(time.perf_counter() - t)
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   return {'devices': jax.device_count(), 'mesh_data': devices, 'batch': batch,
-          'xla_flags': os.environ.get('XLA_FLAGS', ''), **_ms(times)}
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), **_ms(times),
+          'page_faults_per_step': round((usage.ru_minflt - faults) / rounds, 1),
+          'system_ms_per_step': round(1e3 * (usage.ru_stime - sys_s) / rounds, 2)}
 
 
 def run_experiments(names, batch: int, rounds: int, sweeps: int) -> dict:
   results: dict[str, list] = {n: [] for n in names}
   for _ in range(sweeps):
     for n in names:
-      flags, devices = EXPERIMENTS[n]
-      env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' + flags).strip(), JAX_PLATFORMS='cpu')
+      flags, devices, extra_env = EXPERIMENTS[n]
+      env = dict(os.environ, **extra_env, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' ' + flags).strip(), JAX_PLATFORMS='cpu')
       out = subprocess.run([sys.executable, '-m', 'experiments.benchmarks.run', '--worker',
                             json.dumps({'batch': batch, 'rounds': rounds, 'devices': devices})],
                            env=env, capture_output=True, text=True)
@@ -358,7 +365,7 @@ def run_experiments(names, batch: int, rounds: int, sweeps: int) -> dict:
   summary = {}
   for n, rs in results.items():
     ok = [r for r in rs if 'median_ms' in r]
-    summary[n] = {'flags': EXPERIMENTS[n][0], 'devices': EXPERIMENTS[n][1],
+    summary[n] = {'flags': EXPERIMENTS[n][0], 'devices': EXPERIMENTS[n][1], 'env': EXPERIMENTS[n][2],
                   'best_median_ms': min(r['median_ms'] for r in ok) if ok else None,
                   'sweeps': rs}
   base = summary.get('default', {}).get('best_median_ms')
@@ -523,9 +530,15 @@ def markdown(res: dict) -> str:
             f'{p["pipeline"]["median_ms"]:.1f} ms/step vs in-memory {p["in_memory"]["median_ms"]:.1f} ms/step.']
   if raw.get('experiments'):
     lines += ['', '## Speed experiments', '', raw['experiments']['what'], '',
-              '| variant | XLA flags | best median ms | speed-up |', '| --- | --- | --- | --- |']
+              '| variant | XLA flags / env | best median ms | speed-up | page faults / step | system ms / step |',
+              '| --- | --- | --- | --- | --- | --- |']
     for k, v in raw['experiments']['results'].items():
-      lines.append(f'| {k} | `{v["flags"]}` | {v["best_median_ms"]} | {v["speedup_vs_default"]} |')
+      ok = [r for r in v['sweeps'] if 'median_ms' in r]
+      faults = min((r.get('page_faults_per_step', float('nan')) for r in ok), default=float('nan'))
+      sys_ms = min((r.get('system_ms_per_step', float('nan')) for r in ok), default=float('nan'))
+      setting = ' '.join([f'`{v["flags"]}`' if v['flags'] else ''] + [f'{a}={b}' for a, b in v.get('env', {}).items()])
+      lines.append(f'| {k} | {setting.strip()} | {v["best_median_ms"]} | {v["speedup_vs_default"]} | {faults:.0f} '
+                   f'| {sys_ms:.1f} |')
   return '\n'.join(lines) + '\n'
 
 
