@@ -46,8 +46,8 @@ def main(_):
     lines.append(f'| {m} | {R.fmt(res[m])} | {R.fmt(d) if base else "–"} | {R.fmt(seconds[m], scale=1.0)} |')
   text = (f'Mean AP (%) on 1000 test scenes (true labels), scenes/u30, mean ± std over {FLAGS.seeds} seeds, '
           f'{FLAGS.steps} steps.\n\n' + '\n'.join(lines))
-  R.write(FLAGS.workdir, 'Experiment 6c: loss weighting', text, {'mean_ap': res, 'wall_s': seconds, 'steps': FLAGS.steps,
-                                                                 'task_gradients': FLAGS.task_gradients})
+  R.write(FLAGS.workdir, 'Experiment 6c: loss weighting', text,
+          {'mean_ap': res, 'wall_s': seconds, 'steps': FLAGS.steps, 'task_gradients': FLAGS.task_gradients})
   R.line_plot(os.path.join(FLAGS.workdir, 'weighting.png'), list(range(len(FLAGS.methods))),
               {m: [res[m] if m == n else [None] for n in FLAGS.methods] for m in FLAGS.methods},
               'method (0 = ' + ', '.join(f'{i} {m}' for i, m in enumerate(FLAGS.methods)) + ')')

@@ -168,8 +168,8 @@ def _make_weighted_train_step(model, tx, frozen, objective, method, task_gradien
     if task_gradients == 'features' and method.needs_gram:
       def features_fn(backbone):
         variables = _variables({'backbone': {**backbone, **fixed}}, batch_stats)
-        z, mutated = model.apply(variables, batch['image'], train=True, frozen=frozen, method=model_lib.Model.features,
-                                 mutable=['batch_stats'])
+        z, mutated = model.apply(variables, batch['image'], train=True, frozen=frozen,
+                                 method=model_lib.Model.features, mutable=['batch_stats'])
         return z, mutated.get('batch_stats', batch_stats)
 
       def heads_fn(head, z):

@@ -53,8 +53,9 @@ the backbone output z (MGDA-UB, Sener & Koltun 2018) — T backward passes throu
 T × |z| memory — and then ONE backward pass through the backbone with cotangent
 Σ_t shared[t]·∂L_t/∂z. For a conv backbone this is what makes the gradient methods affordable:
 the exact parameter Jacobian costs one conv backward pass per task, the representation form about
-what `equal()` costs (step times side by side: experiments/benchmarks/mtl_gradients.py). The combined gradient is exact for the coefficients it
-uses; only the coefficients differ, since the Gram matrix at z is a surrogate for the one at θ.
+what `equal()` costs (step times side by side: experiments/benchmarks/mtl_gradients.py). The
+combined gradient is exact for the coefficients it uses; only the coefficients differ, since the
+Gram matrix at z is a surrogate for the one at θ.
 """
 
 from collections.abc import Callable

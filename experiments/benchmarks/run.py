@@ -363,7 +363,8 @@ def experiment_worker(batch: int, rounds: int, devices: int) -> dict:
   times = []
   for i in range(rounds + 2):
     if i == 2:
-      faults, sys_s = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, resource.getrusage(resource.RUSAGE_SELF).ru_stime
+      start = resource.getrusage(resource.RUSAGE_SELF)
+      faults, sys_s = start.ru_minflt, start.ru_stime
     t = time.perf_counter()
     p, s, o, m = step(*state, b, key)
     state = [p, s, o]
