@@ -1,10 +1,14 @@
 """Backbones and heads: tree layout, ordered blocks, surgery, BatchNorm under freezing."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtransfer.models import backbones
 from jaxtransfer.models import model as model_lib
 
 X = jnp.asarray(np.random.RandomState(0).rand(4, 28, 28, 1), jnp.float32)
@@ -87,3 +91,18 @@ def test_cnn_global_pooling_is_translation_invariant_and_size_free():
   assert mc.apply(mc.init(jax.random.key(0), X), X, method=mc.features).shape == (4, 8)
   with pytest.raises(ValueError, match='pool'):
     init(spec('avg'))
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 3)])
+def test_max_pool_matches_flax_values_and_gradients(shape):
+  # reshape + max is the ConvBlock's pooling because its gradient is cheap on XLA:CPU; it must compute
+  # exactly nn.max_pool's VALID 2×2/2 result (odd sizes drop the last row/column) and, without ties,
+  # the same gradient as select-and-scatter.
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  ours = functools.partial(backbones.max_pool, window=2)
+  np.testing.assert_array_equal(ours(x), reference(x))
+  cot = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cot))(x)
+  np.testing.assert_array_equal(grad(ours), grad(reference))
+  assert int(jnp.sum(grad(ours) != 0)) == cot.size      # one winner per window, the rest get nothing

@@ -31,7 +31,24 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_0')(x))
     x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_1')(x))
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return max_pool(x, 2)
+
+
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+  """Max over non-overlapping `window`×`window` patches of a (B, H, W, C) map (VALID: a remainder row or
+  column is dropped) — what `nn.max_pool(x, (w, w), strides=(w, w))` computes, written as reshape + max.
+
+  Why: XLA:CPU rewrites the gradient of `reduce_window` max (select-and-scatter) into four int32 iota
+  maps the size of the input, a five-operand reduce_window and a scatter — about a third of the demo
+  CNN's training step (BUILD_NOTES.md, Performance). The gradient of a plain max is an elementwise
+  compare-and-select that fuses into its neighbours. Ties: `jnp.max` shares the gradient among equal
+  maxima where select-and-scatter gives it to the first one; after a ReLU the usual tie is 0 = 0, whose
+  gradient the ReLU zeroes either way.
+  """
+  b, h, w, c = x.shape
+  h, w = h // window * window, w // window * window
+  x = x[:, :h, :w].reshape(b, h // window, window, w // window, window, c)
+  return jnp.max(x, axis=(2, 4))
 
 
 class DenseBlock(nn.Module):
