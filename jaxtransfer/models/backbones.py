@@ -13,6 +13,7 @@ as usual. The training loop derives `frozen` from the freeze rules: a block is f
 parameters are.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtransfer.models import conv
+
 _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# nn.Conv, with first layers on 1- or 3-channel images computed as taps (conv.py: XLA:CPU is slow there).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
 
 
 class ConvBlock(nn.Module):
@@ -29,8 +34,8 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_0')(x))
-    x = nn.relu(nn.Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_1')(x))
+    x = nn.relu(Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_0')(x))
+    x = nn.relu(Conv(self.features, (3, 3), kernel_init=_CONV_INIT, name='conv_1')(x))
     return max_pool(x, 2)
 
 
@@ -107,12 +112,12 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
     norm = lambda name: nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, name=name)
-    y = nn.Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='conv_0')(x)
+    y = Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='conv_0')(x)
     y = nn.relu(norm('norm_0')(y))
-    y = nn.Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv_1')(y)
+    y = Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv_1')(y)
     y = norm('norm_1')(y)
     if x.shape[-1] != self.features or self.strides != 1:
-      x = nn.Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='proj')(x)
+      x = Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False, kernel_init=_CONV_INIT, name='proj')(x)
       x = norm('norm_proj')(x)
     return nn.relu(x + y)
 
@@ -123,7 +128,7 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv')(x)
+    x = Conv(self.features, (3, 3), use_bias=False, kernel_init=_CONV_INIT, name='conv')(x)
     return nn.relu(nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, name='norm')(x))
 
 
