@@ -19,7 +19,8 @@ computed from timings in its `raw` section:
   head_only_over_forward            head-only step (backbone frozen) / jitted forward, demo CNN, largest
                                     batch (target ≤ 1.10: XLA drops the frozen backward)
   pipeline_over_in_memory           step fed by `pipeline.train_batches` over `catalog.load('glyphs',
-                                    'train')` / the same step on pre-loaded device batches (target ≤ 1.05)
+                                    'train')` / the same step on pre-loaded device batches, chunks of 10
+                                    steps in 20 rounds, the order alternating (target ≤ 1.05)
   train_gflops_over_matmul_gflops   XLA cost-analysis FLOPs of the compiled (1-device) full step per
                                     second of the headline full step / a jitted float32 matmul's FLOP/s
                                     in the same run (target ≥ 0.5)
@@ -495,7 +496,7 @@ def bench(args) -> dict:
   adam['resnet/last:1'] = adam_bytes(backbones['resnet'], 'last:1')
   phase('flops_and_bytes')
   pipe = pipeline_vs_memory(full, args.dataset or ('glyphs/small' if q else 'glyphs'), args.data_dir or None,
-                            big, chunk=4 if q else 10, rounds=3 if q else 10)
+                            big, chunk=4 if q else 10, rounds=3 if q else 20)
   del variants, full
 
   phase('pipeline')
