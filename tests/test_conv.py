@@ -47,3 +47,17 @@ def test_other_convolutions_go_to_lax_unchanged(shape, kw):
   variables = reference.init(jax.random.key(1), x)
   assert 'conv_general_dilated' in str(jax.make_jaxpr(ours.apply)(variables, x))
   np.testing.assert_array_equal(ours.apply(variables, x), reference.apply(variables, x))
+
+
+@pytest.mark.parametrize('argnum', [0, 1])
+def test_backward_computes_only_the_gradient_asked_for(argnum):
+  # The first layer's image is never differentiated: its input gradient must not reach XLA at all, and
+  # a gradient for the input alone needs no kernel gradient — one transposed convolution either way.
+  reference, ours = _pair(4, (3, 3), padding='SAME')
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 1))
+  variables = reference.init(jax.random.key(1), x)
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+  grad = lambda m: jax.grad(loss(m), argnums=argnum)
+  assert str(jax.make_jaxpr(grad(ours))(variables, x)).count('conv_general_dilated') == 1
+  for g, g_ref in zip(jax.tree.leaves(grad(ours)(variables, x)), jax.tree.leaves(grad(reference)(variables, x))):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)

@@ -71,10 +71,11 @@ def test_masked_alone_would_let_frozen_weights_move():
   assert np.all(np.asarray(updates['b']) == 0)
 
 
-@pytest.mark.parametrize('trainable, convs', [('head', 4), ('last:2', 4 + 2 + 1), ('all', 4 + 4 + 3)])
+@pytest.mark.parametrize('trainable, convs', [('head', 3), ('last:2', 3 + 2 + 1), ('all', 3 + 4 + 3)])
 def test_train_step_traces_no_backward_through_frozen_blocks(trainable, convs):
-  """Convolutions in the step's jaxpr: the 4 of the forward pass, plus per trainable conv layer one for its
-  kernel gradient and one for its input gradient — except the first layer, whose input needs none."""
+  """Convolutions in the step's jaxpr: 3 of the forward pass (the first layer, one input channel, runs as
+  taps: models/conv.py), plus per trainable conv layer one for its kernel gradient and one for its input
+  gradient — except the first layer, whose input needs none."""
   model = model_lib.build(SPECS['cnn'])
   batch = _batch(0)
   params = model.init(jax.random.key(0), batch['image'])['params']

@@ -45,18 +45,32 @@ def _tap_conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], ...]) -> 
 
 
 def _tap_conv_fwd(x, w, pads):
-  return _tap_conv(x, w, pads), (x, w)
+  """Keeps only what the backward needs: w for dx if x is differentiated, x for dw if w is."""
+  y = _tap_conv(x.value, w.value, pads)
+  return y, (x.value if w.perturbed else None, w.value if x.perturbed else None)
 
 
 def _tap_conv_bwd(pads, res, g):
-  """XLA's transposed convolutions (the gradients `lax.conv_general_dilated` would give)."""
+  """XLA's transposed convolutions (the gradients `lax.conv_general_dilated` would give); none for an
+  input that is not differentiated — the first layer's image — so no dead work reaches XLA."""
   x, w = res
-  dx, = jax.linear_transpose(lambda x_: _lax_conv(x_, w, pads), x)(g)
-  dw, = jax.linear_transpose(lambda w_: _lax_conv(x, w_, pads), w)(g)
+  (plo, phi), (qlo, qhi) = pads
+  dx = dw = None
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return dx, dw
+  if w is not None:       # x is differentiated: its shape follows from g, the kernel and the padding
+    kh, kw, cin, _ = w.shape
+    x_aval = jax.ShapeDtypeStruct((g.shape[0], g.shape[1] + kh - 1 - plo - phi,
+                                   g.shape[2] + kw - 1 - qlo - qhi, cin), g.dtype)
+    dx, = jax.linear_transpose(lambda x_: _lax_conv(x_, w, pads), x_aval)(g)
+  if x is not None:       # w is differentiated
+    w_aval = jax.ShapeDtypeStruct((x.shape[1] + plo + phi - g.shape[1] + 1,
+                                   x.shape[2] + qlo + qhi - g.shape[2] + 1, x.shape[3], g.shape[3]), g.dtype)
+    dw, = jax.linear_transpose(lambda w_: _lax_conv(x, w_, pads), w_aval)(g)
   return dx, dw
 
 
-_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd, symbolic_zeros=True)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
