@@ -40,6 +40,7 @@ def test_taps_match_lax_values_and_gradients(shape, kernel, padding):
     ((2, 8, 8, 1), {'strides': (2, 2)}),
     ((2, 8, 8, 1), {'kernel_dilation': (2, 2)}),
     ((2, 8, 8, 2), {'feature_group_count': 2}),
+    ((2, 8, 8, 1), {'padding': ((-1, 1), (1, 1))}),   # negative padding crops
 ])
 def test_other_convolutions_go_to_lax_unchanged(shape, kw):
   reference, ours = _pair(4, (3, 3), **kw)

@@ -1,10 +1,10 @@
 """A drop-in `conv_general_dilated` for `nn.Conv` that computes few-input-channel convolutions as taps.
 
 Why: XLA:CPU runs a convolution whose input has one or three channels (the first layer on grey or RGB
-images) at ~5 GFLOP/s — the demo CNN's 1 → 16 3×3 conv on 128 images of 28×28 took 5.9 ms, as long
-as its 16 → 16 neighbour with 16× the FLOPs (BUILD_NOTES.md, Performance). With kh·kw·C_in ≤ 27 the
+images) at ~5 GFLOP/s — the demo CNN's 1 → 16 3×3 conv on 128 images of 28×28 took 5.6–5.9 ms, about
+as long as its 16 → 16 neighbour with 16× the FLOPs (BUILD_NOTES.md, Performance). With kh·kw·C_in ≤ 27 the
 convolution is a short sum of shifted images times kernel taps, `Σ_ijc x[:, i:, j:, c] · w[i, j, c]`,
-which XLA fuses into one elementwise loop: 0.7 ms for that layer. The backward pass keeps XLA's own
+which XLA fuses into one elementwise loop: 0.7–0.9 ms for that layer. The backward pass keeps XLA's own
 transposed convolutions (`jax.linear_transpose` of `lax.conv_general_dilated`), which are not slow here.
 
 Anything else — strides, dilation, groups, more taps, other layouts — goes to `lax.conv_general_dilated`
@@ -84,7 +84,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
           and rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_TAPS
           and lhs.dtype == rhs.dtype)
-  if not fast:
+  pads = _as_pads(padding, lhs.shape, rhs.shape) if fast else ()
+  if not fast or min(min(p) for p in pads) < 0:      # negative padding (cropping): lax's business
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision, **kwargs)
-  return _tap_conv(lhs, rhs, _as_pads(padding, lhs.shape, rhs.shape))
+  return _tap_conv(lhs, rhs, pads)
