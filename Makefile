@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/jaxtransfer demo --workdir=$(WORKDIR)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 bench: install
 	$(BIN)/python -m experiments.benchmarks.run --out=runs/bench
