@@ -16,10 +16,13 @@ f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) ** 2) + jnp.sum(jnp.cumsum(x
 x = jnp.ones((8192, 2048), jnp.float32)   # 64 MiB in; XLA allocates a 140 MiB temporary buffer per call
 for _ in range(3):
   jax.block_until_ready(f(x))
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-  jax.block_until_ready(f(x))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5)
+windows = []
+for _ in range(4):             # the least-faulting window of 5 calls: robust to other processes' load
+  r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(5):
+    jax.block_until_ready(f(x))
+  windows.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5)
+print(min(windows))
 '''
 
 
@@ -34,7 +37,10 @@ def _faults_per_call(setting: str) -> float:
 def test_freed_buffers_are_reused_not_faulted_in_again():
   on, off = _faults_per_call('on'), _faults_per_call('off')
   # 140 MiB of fresh pages = ~36k faults per call when every buffer is mmap'd anew (measured ~69k: the
-  # input-sized buffers too); with the heap kept, a small fraction of that.
+  # input-sized buffers too); with the heap kept, a small fraction of that. Per call averaged over a
+  # window of 5 calls, the least of 4 windows: under CPU contention (the suite runs one worker per core)
+  # a kept heap sometimes grows again for a while (one 5-call window in three faulted 28.8k a call, with
+  # two busy loops beside it), while glibc's default faults in every buffer on every call, whatever the load.
   assert off > 30_000, off
   assert on < off / 4, (on, off)
 
