@@ -94,15 +94,22 @@ def test_cnn_global_pooling_is_translation_invariant_and_size_free():
 
 
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 3)])
-def test_max_pool_matches_flax_values_and_gradients(shape):
-  # reshape + max is the ConvBlock's pooling because its gradient is cheap on XLA:CPU; it must compute
-  # exactly nn.max_pool's VALID 2×2/2 result (odd sizes drop the last row/column) and, without ties,
-  # the same gradient as select-and-scatter.
+def test_max_pool_matches_flax_values_and_derivatives(shape):
+  # reshape + max with a custom JVP is the ConvBlock's pooling because its gradient is cheap on XLA:CPU;
+  # it must compute exactly nn.max_pool's VALID 2×2/2 result (odd sizes drop the last row/column) and the
+  # same derivatives as select-and-scatter, ties included (the first maximum in row-major order wins).
   x = jax.random.normal(jax.random.key(0), shape)
+  ties = jax.nn.relu(jnp.round(x))                       # post-ReLU zeros and repeated integers
   reference = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
   ours = functools.partial(backbones.max_pool, window=2)
-  np.testing.assert_array_equal(ours(x), reference(x))
   cot = jax.random.normal(jax.random.key(1), reference(x).shape)
-  grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cot))(x)
-  np.testing.assert_array_equal(grad(ours), grad(reference))
-  assert int(jnp.sum(grad(ours) != 0)) == cot.size      # one winner per window, the rest get nothing
+  tangent = jax.random.normal(jax.random.key(2), shape)
+  grad = lambda f, v: jax.grad(lambda v_: jnp.sum(f(v_) * cot))(v)
+  for v in (x, ties):
+    np.testing.assert_array_equal(ours(v), reference(v))
+    np.testing.assert_array_equal(grad(ours, v), grad(reference, v))
+    np.testing.assert_array_equal(jax.jvp(ours, (v,), (tangent,))[1], jax.jvp(reference, (v,), (tangent,))[1])
+    assert int(jnp.sum(grad(ours, v) != 0)) == cot.size   # one winner per window, the rest get nothing
+  assert int(jnp.sum(ties[:, 0:6:2, 0:6:2] == ties[:, 1:7:2, 0:6:2])) > 0   # the tie case is exercised
+  hessian = lambda f: jax.hessian(lambda v: jnp.sum(f(v) ** 2))(x)   # forward-over-reverse (custom JVP)
+  np.testing.assert_array_equal(hessian(ours), hessian(reference))

@@ -39,21 +39,44 @@ class ConvBlock(nn.Module):
     return max_pool(x, 2)
 
 
+def _windows(x: jax.Array, window: int) -> jax.Array:
+  """(B, H, W, C) → (B, H/w, w, W/w, w, C): the non-overlapping windows as axes 2 and 4 (VALID: a
+  remainder row or column is dropped)."""
+  b, h, w, c = x.shape
+  h, w = h // window * window, w // window * window
+  return x[:, :h, :w].reshape(b, h // window, window, w // window, window, c)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def max_pool(x: jax.Array, window: int) -> jax.Array:
-  """Max over non-overlapping `window`×`window` patches of a (B, H, W, C) map (VALID: a remainder row or
-  column is dropped) — what `nn.max_pool(x, (w, w), strides=(w, w))` computes, written as reshape + max.
+  """Max over non-overlapping `window`×`window` patches of a (B, H, W, C) map (VALID) — what
+  `nn.max_pool(x, (w, w), strides=(w, w))` computes, values and gradients alike, written as reshape + max.
 
   Why: XLA:CPU rewrites the gradient of `reduce_window` max (select-and-scatter) into four int32 iota
   maps the size of the input, a five-operand reduce_window and a scatter — about a third of the demo
-  CNN's training step (BUILD_NOTES.md, Performance). The gradient of a plain max is an elementwise
-  compare-and-select that fuses into its neighbours. Ties: `jnp.max` shares the gradient among equal
-  maxima where select-and-scatter gives it to the first one; after a ReLU the usual tie is 0 = 0, whose
-  gradient the ReLU zeroes either way.
+  CNN's training step (BUILD_NOTES.md, Performance). Here the derivative is a custom JVP: the tangent of
+  each window's first maximum in row-major order (select-and-scatter's choice, ties included), a few
+  compares and selects that XLA fuses with the ReLU's into one loop in either direction. A custom JVP
+  rather than a VJP, so that forward mode (`jax.jvp`, Hessians) works too; reverse mode transposes it.
   """
-  b, h, w, c = x.shape
-  h, w = h // window * window, w // window * window
-  x = x[:, :h, :w].reshape(b, h // window, window, w // window, window, c)
-  return jnp.max(x, axis=(2, 4))
+  return jnp.max(_windows(x, window), axis=(2, 4))
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+  x6, dx6 = _windows(primals[0], window), _windows(tangents[0], window)
+  y = jnp.max(x6, axis=(2, 4))
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(window):
+    row = []
+    for j in range(window):
+      hit = (x6[:, :, i, :, j] == y) & ~taken       # the first maximum in row-major order
+      taken = taken | hit
+      row.append(hit)
+    rows.append(jnp.stack(row, axis=3))
+  first = jnp.stack(rows, axis=2)                   # (B, H/w, w, W/w, w, C): one True per window
+  return y, jnp.sum(jnp.where(first, dx6, 0), axis=(2, 4))
 
 
 class DenseBlock(nn.Module):
