@@ -22,7 +22,7 @@ import sys
 import time
 
 BACKBONES = {
-    'cnn': {'name': 'cnn', 'stages': [32, 64], 'dense': [256]},        # config.base()'s backbone
+    'cnn': {'name': 'cnn', 'stages': [32, 64], 'dense': [256]},   # twice the demo CNN's widths (config.base())
     'resnet': {'name': 'resnet', 'depth': [1, 1, 1], 'width': 16},
 }
 

@@ -1,0 +1,95 @@
+"""Benchmark: the demo CNN's full training step with three 2×2 max-pooling implementations, side by side.
+
+    python -m experiments.benchmarks.pooling [--batch=128] [--rounds=40] [--out=runs/bench/pooling]
+
+  reduce_window   `nn.max_pool`: XLA:CPU turns its gradient (select-and-scatter) into iota maps, a
+                  reduce-window and a scatter;
+  jnp_max         reshape + `jnp.max` with JAX's own derivative (shares the gradient among tied maxima:
+                  a float mask, its per-window sum, a divide, a select);
+  custom_jvp      `backbones.max_pool` as shipped: reshape + max, the tangent of each window's first
+                  maximum (select-and-scatter's gradient, ties included).
+
+All three steps are THE training step (`train.make_train_step` with the loop's donation, via
+`run._Step`) of the same network, compiled in one process and timed in interleaved rounds (order
+alternating; per round and variant one untimed call, then the mean of 2) — the machine is noisy, only
+these side-by-side medians compare. Writes `<out>/pooling.json` and `<out>/pooling.md`.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def _variants() -> dict:
+  """{name: max-pool function (x, window) → pooled} for the three implementations."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from jaxtransfer.models import backbones
+  return {
+      'reduce_window': lambda x, window: nn.max_pool(x, (window, window), strides=(window, window)),
+      'jnp_max': lambda x, window: jnp.max(backbones._windows(x, window), axis=(2, 4)),
+      'custom_jvp': backbones.max_pool,
+  }
+
+
+def run(batch: int, rounds: int) -> dict:
+  from experiments.benchmarks import run as bench
+  from jaxtransfer.models import backbones
+
+  shipped, steps = backbones.max_pool, {}
+  try:
+    for name, pool in _variants().items():     # the step is traced (and the pool looked up) at construction
+      backbones.max_pool = pool
+      steps[name] = bench._Step(bench.CNN, 'all', batch).compile()
+  finally:
+    backbones.max_pool = shipped
+  for step in steps.values():
+    step()
+  times = {k: [] for k in steps}
+  t_start = time.perf_counter()
+  for r in range(rounds):
+    for name in (list(steps) if r % 2 == 0 else list(reversed(steps))):
+      steps[name]()
+      t = time.perf_counter()
+      steps[name]()
+      steps[name]()
+      times[name].append((time.perf_counter() - t) / 2)
+    if r % 10 == 9:
+      done = time.perf_counter() - t_start
+      print(f'round {r + 1}/{rounds}, {done:.0f} s, ETA {done / (r + 1) * (rounds - r - 1):.0f} s', flush=True)
+  rows = [{'variant': k, 'median_ms': round(1e3 * statistics.median(v), 2), 'min_ms': round(1e3 * min(v), 2)}
+          for k, v in times.items()]
+  return {'batch': batch, 'rounds': rounds, 'load_average': os.getloadavg(), 'rows': rows}
+
+
+def markdown(res: dict) -> str:
+  base = next(r['median_ms'] for r in res['rows'] if r['variant'] == 'reduce_window')
+  lines = [f'# Demo CNN full step, batch {res["batch"]}, by max-pool implementation '
+           f'(median of {res["rounds"]} interleaved rounds)', '',
+           '| variant | median ms | min ms | vs reduce_window |', '| --- | --- | --- | --- |']
+  lines += [f'| {r["variant"]} | {r["median_ms"]:.2f} | {r["min_ms"]:.2f} | {r["median_ms"] / base:.3f} |'
+            for r in res['rows']]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--batch', type=int, default=128)
+  ap.add_argument('--rounds', type=int, default=40)
+  ap.add_argument('--out', default='runs/bench/pooling')
+  a = ap.parse_args(argv)
+  import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
+  res = run(a.batch, a.rounds)
+  os.makedirs(a.out, exist_ok=True)
+  with open(os.path.join(a.out, 'pooling.json'), 'w') as f:
+    json.dump(res, f, indent=1)
+  with open(os.path.join(a.out, 'pooling.md'), 'w') as f:
+    f.write(markdown(res))
+  print(markdown(res))
+
+
+if __name__ == '__main__':
+  main()
