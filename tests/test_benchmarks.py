@@ -44,3 +44,14 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert _positive_finite(raw['pipeline']['in_memory']['median_ms'])
   md = (out / 'bench.md').read_text()
   assert all(k in md for k in bench.TOP_KEYS)
+
+
+def test_pooling_benchmark_times_three_variants_and_restores_the_shipped_pool():
+  from experiments.benchmarks import pooling
+  from jaxtransfer.models import backbones
+  shipped = backbones.max_pool
+  res = pooling.run(batch=2, rounds=2)
+  assert backbones.max_pool is shipped
+  assert [r['variant'] for r in res['rows']] == ['reduce_window', 'jnp_max', 'custom_jvp']
+  assert all(_positive_finite(r['median_ms']) and r['min_ms'] <= r['median_ms'] for r in res['rows'])
+  assert '| custom_jvp |' in pooling.markdown(res)
