@@ -14,10 +14,11 @@ Writes `<out>/convs.json` and `<out>/convs.md`.
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
+
+from experiments.benchmarks import report
 
 # The demo CNN's 3×3 SAME convolutions: (name, H = W, C_in, C_out).
 LAYERS = (('block_0/conv_0', 28, 1, 16), ('block_0/conv_1', 28, 16, 16),
@@ -105,12 +106,7 @@ def main(argv=None) -> None:
   a = ap.parse_args(argv)
   import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
   res = run(a.batch, a.rounds)
-  os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, 'convs.json'), 'w') as f:
-    json.dump(res, f, indent=1)
-  with open(os.path.join(a.out, 'convs.md'), 'w') as f:
-    f.write(markdown(res))
-  print(markdown(res))
+  report.write(a.out, 'convs', res, markdown(res))
 
 
 if __name__ == '__main__':

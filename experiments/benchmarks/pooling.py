@@ -16,10 +16,11 @@ these side-by-side medians compare. Writes `<out>/pooling.json` and `<out>/pooli
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
+
+from experiments.benchmarks import report
 
 
 def _variants() -> dict:
@@ -83,12 +84,7 @@ def main(argv=None) -> None:
   a = ap.parse_args(argv)
   import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
   res = run(a.batch, a.rounds)
-  os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, 'pooling.json'), 'w') as f:
-    json.dump(res, f, indent=1)
-  with open(os.path.join(a.out, 'pooling.md'), 'w') as f:
-    f.write(markdown(res))
-  print(markdown(res))
+  report.write(a.out, 'pooling', res, markdown(res))
 
 
 if __name__ == '__main__':

@@ -51,6 +51,8 @@ import sys
 import time
 from typing import Any
 
+from experiments.benchmarks import report
+
 TOP_KEYS = ('full_step_jax_over_torch', 'head_only_over_forward', 'pipeline_over_in_memory',
             'train_gflops_over_matmul_gflops', 'adam_state_over_trainable_bytes')
 TARGETS = {'full_step_jax_over_torch': '<= 0.8', 'head_only_over_forward': '<= 1.10',
@@ -610,12 +612,7 @@ def main(argv=None) -> None:
     # Before jax starts (it is imported lazily below): the 1-device variants use device 0 only.
     os.environ['XLA_FLAGS'] = (_BASE_XLA_FLAGS + f' --xla_force_host_platform_device_count={args.split}').strip()
   res = bench(args)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'bench.json'), 'w') as f:
-    json.dump(res, f, indent=1, allow_nan=True)
-  with open(os.path.join(args.out, 'bench.md'), 'w') as f:
-    f.write(markdown(res))
-  print(markdown(res))
+  report.write(args.out, 'bench', res, markdown(res))
   bad = [k for k in TOP_KEYS if isinstance(res[k], float) and not math.isfinite(res[k])]
   if bad:
     print('non-finite:', bad, file=sys.stderr)
