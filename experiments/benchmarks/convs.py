@@ -13,7 +13,6 @@ GFLOP/s = 2·B·H·W·C_in·C_out·9 per pass over the time, next to a jitted 10
 Writes `<out>/convs.json` and `<out>/convs.md`.
 """
 
-import argparse
 import os
 import statistics
 import time
@@ -91,22 +90,14 @@ def run(batch: int, rounds: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-  lines = [f'# Convolutions of the demo CNN, batch {res["batch"]} (median of {res["rounds"]} interleaved rounds)',
-           '', '| layer | pass | formulation | median ms | GFLOP/s |', '| --- | --- | --- | --- | --- |']
-  lines += [f'| {r["layer"]} | {r["pass"]} | {r["formulation"]} | {r["median_ms"]:.2f} | {r["gflops"]:.1f} |'
-            for r in res['rows']]
-  return '\n'.join(lines) + '\n'
+  return report.table(
+      f'Convolutions of the demo CNN, batch {res["batch"]} (median of {res["rounds"]} interleaved rounds)',
+      ('layer', 'pass', 'formulation', 'median ms', 'GFLOP/s'),
+      ((r['layer'], r['pass'], r['formulation'], f'{r["median_ms"]:.2f}', f'{r["gflops"]:.1f}') for r in res['rows']))
 
 
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--batch', type=int, default=128)
-  ap.add_argument('--rounds', type=int, default=15)
-  ap.add_argument('--out', default='runs/bench/convs')
-  a = ap.parse_args(argv)
-  import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
-  res = run(a.batch, a.rounds)
-  report.write(a.out, 'convs', res, markdown(res))
+  report.main(argv, doc=__doc__, stem='convs', run=run, markdown=markdown, rounds=15)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ alternating; per round and variant one untimed call, then the mean of 2) — the
 these side-by-side medians compare. Writes `<out>/pooling.json` and `<out>/pooling.md`.
 """
 
-import argparse
 import os
 import statistics
 import time
@@ -68,23 +67,15 @@ def run(batch: int, rounds: int) -> dict:
 
 def markdown(res: dict) -> str:
   base = next(r['median_ms'] for r in res['rows'] if r['variant'] == 'reduce_window')
-  lines = [f'# Demo CNN full step, batch {res["batch"]}, by max-pool implementation '
-           f'(median of {res["rounds"]} interleaved rounds)', '',
-           '| variant | median ms | min ms | vs reduce_window |', '| --- | --- | --- | --- |']
-  lines += [f'| {r["variant"]} | {r["median_ms"]:.2f} | {r["min_ms"]:.2f} | {r["median_ms"] / base:.3f} |'
-            for r in res['rows']]
-  return '\n'.join(lines) + '\n'
+  return report.table(
+      f'Demo CNN full step, batch {res["batch"]}, by max-pool implementation (median of {res["rounds"]} '
+      'interleaved rounds)', ('variant', 'median ms', 'min ms', 'vs reduce_window'),
+      ((r['variant'], f'{r["median_ms"]:.2f}', f'{r["min_ms"]:.2f}', f'{r["median_ms"] / base:.3f}')
+       for r in res['rows']))
 
 
 def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--batch', type=int, default=128)
-  ap.add_argument('--rounds', type=int, default=40)
-  ap.add_argument('--out', default='runs/bench/pooling')
-  a = ap.parse_args(argv)
-  import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
-  res = run(a.batch, a.rounds)
-  report.write(a.out, 'pooling', res, markdown(res))
+  report.main(argv, doc=__doc__, stem='pooling', run=run, markdown=markdown, rounds=40)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,16 @@
 """Where a benchmark's results go: `<out>/<stem>.json` (everything measured) and `<out>/<stem>.md` (tables)."""
 
+import argparse
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
+
+
+def table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+  """A markdown section: `# title`, then a table with one row per item of `rows` (cells formatted)."""
+  lines = [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
 
 
 def write(out: str, stem: str, results: dict, markdown: str) -> None:
@@ -12,3 +21,17 @@ def write(out: str, stem: str, results: dict, markdown: str) -> None:
   with open(os.path.join(out, f'{stem}.md'), 'w') as f:
     f.write(markdown)
   print(markdown)
+
+
+def main(argv: list[str] | None, *, doc: str, stem: str, run: Callable[[int, int], dict],
+         markdown: Callable[[dict], str], rounds: int) -> None:
+  """The command line of a side-by-side benchmark of the demo CNN: `[--batch=128] [--rounds=N]
+  [--out=runs/bench/<stem>]`; runs `run(batch, rounds)` and writes its results."""
+  ap = argparse.ArgumentParser(description=doc.split('\n')[0])
+  ap.add_argument('--batch', type=int, default=128)
+  ap.add_argument('--rounds', type=int, default=rounds)
+  ap.add_argument('--out', default=f'runs/bench/{stem}')
+  a = ap.parse_args(argv)
+  import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
+  res = run(a.batch, a.rounds)
+  write(a.out, stem, res, markdown(res))
