@@ -46,12 +46,18 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert all(k in md for k in bench.TOP_KEYS)
 
 
-def test_pooling_benchmark_times_three_variants_and_restores_the_shipped_pool():
+def test_pooling_benchmark_traces_each_variant_and_restores_the_shipped_pool():
   from experiments.benchmarks import pooling
   from jaxtransfer.models import backbones
   shipped = backbones.max_pool
-  res = pooling.run(batch=2, rounds=2)
+  steps = pooling.steps(batch=2)
   assert backbones.max_pool is shipped
-  assert [r['variant'] for r in res['rows']] == ['reduce_window', 'jnp_max', 'custom_jvp']
-  assert all(_positive_finite(r['median_ms']) and r['min_ms'] <= r['median_ms'] for r in res['rows'])
+  hlo = {k: s.lowered.as_text() for k, s in steps.items()}
+  assert list(hlo) == ['reduce_window', 'jnp_max', 'custom_jvp']
+  # Only nn.max_pool's gradient is a select-and-scatter; the other two are different programs too.
+  assert [('select_and_scatter' in t) for t in hlo.values()] == [True, False, False]
+  assert hlo['jnp_max'] != hlo['custom_jvp']
+  res = pooling.run(batch=2, rounds=2, compiled=steps)
+  assert [r['variant'] for r in res['rows']] == list(hlo)
+  assert all(_positive_finite(r['median_ms']) for r in res['rows'])
   assert '| custom_jvp |' in pooling.markdown(res)

@@ -93,23 +93,32 @@ def test_cnn_global_pooling_is_translation_invariant_and_size_free():
     init(spec('avg'))
 
 
+@pytest.mark.parametrize('window', [2, 3])
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 3)])
-def test_max_pool_matches_flax_values_and_derivatives(shape):
+def test_max_pool_matches_flax_values_and_derivatives(shape, window):
   # reshape + max with a custom JVP is the ConvBlock's pooling because its gradient is cheap on XLA:CPU;
-  # it must compute exactly nn.max_pool's VALID 2×2/2 result (odd sizes drop the last row/column) and the
-  # same derivatives as select-and-scatter, ties included (the first maximum in row-major order wins).
+  # it must compute exactly nn.max_pool's VALID result (sizes not divisible by the window drop the last
+  # rows/columns) and the same derivatives as select-and-scatter, ties included (the first maximum in
+  # row-major order wins).
   x = jax.random.normal(jax.random.key(0), shape)
   ties = jax.nn.relu(jnp.round(x))                       # post-ReLU zeros and repeated integers
-  reference = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
-  ours = functools.partial(backbones.max_pool, window=2)
+  reference = lambda v: nn.max_pool(v, (window, window), strides=(window, window))
+  ours = functools.partial(backbones.max_pool, window=window)
   cot = jax.random.normal(jax.random.key(1), reference(x).shape)
   tangent = jax.random.normal(jax.random.key(2), shape)
   grad = lambda f, v: jax.grad(lambda v_: jnp.sum(f(v_) * cot))(v)
+  hvp = lambda f, v: jax.jvp(jax.grad(lambda v_: jnp.sum(f(v_) ** 2)), (v,), (tangent,))[1]  # fwd-over-rev
   for v in (x, ties):
     np.testing.assert_array_equal(ours(v), reference(v))
     np.testing.assert_array_equal(grad(ours, v), grad(reference, v))
     np.testing.assert_array_equal(jax.jvp(ours, (v,), (tangent,))[1], jax.jvp(reference, (v,), (tangent,))[1])
+    np.testing.assert_array_equal(hvp(ours, v), hvp(reference, v))
     assert int(jnp.sum(grad(ours, v) != 0)) == cot.size   # one winner per window, the rest get nothing
   assert int(jnp.sum(ties[:, 0:6:2, 0:6:2] == ties[:, 1:7:2, 0:6:2])) > 0   # the tie case is exercised
-  hvp = lambda f: jax.jvp(jax.grad(lambda v: jnp.sum(f(v) ** 2)), (x,), (tangent,))[1]   # forward-over-reverse
-  np.testing.assert_array_equal(hvp(ours), hvp(reference))
+
+
+def test_max_pool_gives_a_nan_window_nan_and_its_gradient_to_the_nan():
+  x = jnp.array([1.0, jnp.nan, 3.0, 2.0]).reshape(1, 2, 2, 1)
+  y, vjp = jax.vjp(lambda v: backbones.max_pool(v, 2), x)
+  assert bool(jnp.isnan(y).all())
+  np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0].ravel(), [0.0, 1.0, 0.0, 0.0])

@@ -35,27 +35,34 @@ def _variants() -> dict:
   }
 
 
-def run(batch: int, rounds: int) -> dict:
+def steps(batch: int) -> dict:
+  """{variant: compiled full train step (`run._Step`)} — each traced with that max-pool in the ConvBlocks."""
   from experiments.benchmarks import run as bench
   from jaxtransfer.models import backbones
 
-  shipped, steps = backbones.max_pool, {}
+  shipped, out = backbones.max_pool, {}
   try:
     for name, pool in _variants().items():     # the step is traced (and the pool looked up) at construction
       backbones.max_pool = pool
-      steps[name] = bench._Step(bench.CNN, 'all', batch).compile()
+      out[name] = bench._Step(bench.CNN, 'all', batch).compile()
   finally:
     backbones.max_pool = shipped
-  for step in steps.values():
+  return out
+
+
+def run(batch: int, rounds: int, compiled: dict | None = None) -> dict:
+  """Median and min ms per step of each variant over `rounds` interleaved rounds."""
+  variants = compiled or steps(batch)
+  for step in variants.values():
     step()
-  times = {k: [] for k in steps}
+  times = {k: [] for k in variants}
   t_start = time.perf_counter()
   for r in range(rounds):
-    for name in (list(steps) if r % 2 == 0 else list(reversed(steps))):
-      steps[name]()
+    for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+      variants[name]()
       t = time.perf_counter()
-      steps[name]()
-      steps[name]()
+      variants[name]()
+      variants[name]()
       times[name].append((time.perf_counter() - t) / 2)
     if r % 10 == 9:
       done = time.perf_counter() - t_start

@@ -58,6 +58,8 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
   each window's first maximum in row-major order (select-and-scatter's choice, ties included), a few
   compares and selects that XLA fuses with the ReLU's into one loop in either direction. A custom JVP
   rather than a VJP, so that forward mode (`jax.jvp`, Hessians) works too; reverse mode transposes it.
+  Non-finite inputs: a window holding a NaN has the value NaN (as `nn.max_pool`) and its first NaN takes
+  the tangent — where select-and-scatter would pick a finite element — so the gradient stays on the NaN.
   """
   return jnp.max(_windows(x, window), axis=(2, 4))
 
@@ -65,13 +67,14 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
 @max_pool.defjvp
 def _max_pool_jvp(window: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]):
   x6, dx6 = _windows(primals[0], window), _windows(tangents[0], window)
-  y = jnp.max(x6, axis=(2, 4))
+  y = max_pool(primals[0], window)       # not jnp.max: higher derivatives must go through this rule too
   taken = jnp.zeros(y.shape, bool)
   rows = []
   for i in range(window):
     row = []
     for j in range(window):
-      hit = (x6[:, :, i, :, j] == y) & ~taken       # the first maximum in row-major order
+      xij = x6[:, :, i, :, j]
+      hit = ((xij == y) | jnp.isnan(xij)) & ~taken   # the first maximum (or NaN) in row-major order
       taken = taken | hit
       row.append(hit)
     rows.append(jnp.stack(row, axis=3))
