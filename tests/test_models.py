@@ -93,8 +93,7 @@ def test_cnn_global_pooling_is_translation_invariant_and_size_free():
     init(spec('avg'))
 
 
-@pytest.mark.parametrize('window', [2, 3])
-@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 3)])
+@pytest.mark.parametrize('shape, window', [((2, 8, 8, 3), 2), ((2, 7, 9, 3), 2), ((2, 7, 9, 3), 3)])
 def test_max_pool_matches_flax_values_and_derivatives(shape, window):
   # reshape + max with a custom JVP is the ConvBlock's pooling because its gradient is cheap on XLA:CPU;
   # it must compute exactly nn.max_pool's VALID result (sizes not divisible by the window drop the last
