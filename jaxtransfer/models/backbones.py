@@ -66,6 +66,8 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
 
 @max_pool.defjvp
 def _max_pool_jvp(window: int, primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+  """(pooled, tangent of each window's first maximum): select-and-scatter's derivative as masks, which
+  reverse mode transposes into one broadcast-and-select."""
   x6, dx6 = _windows(primals[0], window), _windows(tangents[0], window)
   y = max_pool(primals[0], window)       # not jnp.max: higher derivatives must go through this rule too
   taken = jnp.zeros(y.shape, bool)
