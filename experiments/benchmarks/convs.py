@@ -15,9 +15,8 @@ Writes `<out>/convs.json` and `<out>/convs.md`.
 
 import os
 import statistics
-import time
 
-from experiments.benchmarks import report
+from experiments.benchmarks import report, timing
 
 # The demo CNN's 3×3 SAME convolutions: (name, H = W, C_in, C_out).
 LAYERS = (('block_0/conv_0', 28, 1, 16), ('block_0/conv_1', 28, 16, 16),
@@ -67,20 +66,8 @@ def _variants(batch: int) -> dict:
 def run(batch: int, rounds: int) -> dict:
   import jax
   variants = _variants(batch)
-  times = {k: [] for k in variants}
-  for fn, args, _ in variants.values():        # warm up
-    jax.block_until_ready(fn(*args))
-  t_start = time.perf_counter()
-  for r in range(rounds):
-    order = list(variants) if r % 2 == 0 else list(reversed(variants))
-    for k in order:
-      fn, args, _ = variants[k]
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[k].append(time.perf_counter() - t)
-    if r % 5 == 4:
-      done = time.perf_counter() - t_start
-      print(f'round {r + 1}/{rounds}, {done:.0f} s, ETA {done / (r + 1) * (rounds - r - 1):.0f} s', flush=True)
+  times = timing.interleaved({k: (lambda fn=fn, args=args: jax.block_until_ready(fn(*args)))
+                              for k, (fn, args, _) in variants.items()}, rounds)
   rows = []
   for (layer, what, how), ts in times.items():
     ms = 1e3 * statistics.median(ts)

@@ -17,9 +17,8 @@ these side-by-side medians compare. Writes `<out>/pooling.json` and `<out>/pooli
 
 import os
 import statistics
-import time
 
-from experiments.benchmarks import report
+from experiments.benchmarks import report, timing
 
 
 def _variants() -> dict:
@@ -52,21 +51,7 @@ def steps(batch: int) -> dict:
 
 def run(batch: int, rounds: int, compiled: dict | None = None) -> dict:
   """Median and min ms per step of each variant over `rounds` interleaved rounds."""
-  variants = compiled or steps(batch)
-  for step in variants.values():
-    step()
-  times = {k: [] for k in variants}
-  t_start = time.perf_counter()
-  for r in range(rounds):
-    for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
-      variants[name]()
-      t = time.perf_counter()
-      variants[name]()
-      variants[name]()
-      times[name].append((time.perf_counter() - t) / 2)
-    if r % 10 == 9:
-      done = time.perf_counter() - t_start
-      print(f'round {r + 1}/{rounds}, {done:.0f} s, ETA {done / (r + 1) * (rounds - r - 1):.0f} s', flush=True)
+  times = timing.interleaved(compiled or steps(batch), rounds, calls=2, untimed=1)
   rows = [{'variant': k, 'median_ms': round(1e3 * statistics.median(v), 2), 'min_ms': round(1e3 * min(v), 2)}
           for k, v in times.items()]
   return {'batch': batch, 'rounds': rounds, 'load_average': os.getloadavg(), 'rows': rows}
