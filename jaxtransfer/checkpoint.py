@@ -16,12 +16,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxtransfer import rules
+from jaxtransfer import errors, rules
 
 ITEMS = ('params', 'batch_stats', 'opt_state', 'meta')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.Error):
   """A checkpoint that is missing, incomplete or does not fit the model it is restored into."""
 
 

@@ -20,6 +20,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from jaxtransfer import errors
+
 VERBS = ('pretrain', 'finetune', 'evaluate', 'demo', 'import-weights', 'advise')
 
 FLAGS = flags.FLAGS
@@ -37,7 +39,7 @@ flags.DEFINE_integer('per_class', 0, 'advise: B\'s labelled examples per class (
 config_flags.DEFINE_config_file('config', None, 'A config file (experiments/configs/*.py).', lock_config=True)
 
 
-class UsageError(ValueError):
+class UsageError(errors.Error):
   """The command line itself is wrong."""
 
 

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtransfer import errors
+
 PTH_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -49,7 +51,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.Error):
   """The weights file cannot be read, or its tensors do not map one-to-one onto the Flax model."""
 
 

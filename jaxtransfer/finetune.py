@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxtransfer import rules, transfer
+from jaxtransfer import errors, rules, transfer
 from jaxtransfer.models import model as model_lib
 
 # name → config changes. 'init_from': False = random init (scratch). lr values: see BUILD_NOTES.md.
@@ -74,7 +74,7 @@ def apply_strategy(config: ml_collections.ConfigDict, name: str, *, backbone: di
   return config
 
 
-class SurgeryError(ValueError):
+class SurgeryError(errors.Error):
   """The parameter tree after surgery is not the one asked for."""
 
 

@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 
 import jax
 
+from jaxtransfer import errors
+
 T = TypeVar('T')
 Rules = Sequence[tuple[str, Any]]
 
 TRAIN, FREEZE = 'train', 'freeze'
 
 
-class RuleError(ValueError):
+class RuleError(errors.Error):
   """A rule set that does not fit the parameter tree (uncovered leaf, rule that matches nothing)."""
 
 

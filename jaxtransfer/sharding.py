@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxtransfer import rules as rules_lib
+from jaxtransfer import errors, rules as rules_lib
 
 log = logging.getLogger('jaxtransfer')
 
@@ -47,7 +47,7 @@ AXES = ('data', 'model')
 REPLICATE, FSDP = 'replicate', 'fsdp'
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.Error):
   """A mesh or sharding rule that does not fit the devices or the parameters."""
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtransfer import checkpoint, rules
+from jaxtransfer import checkpoint, errors, rules
 from jaxtransfer.models import model as model_lib
 
 
-class TransferError(ValueError):
+class TransferError(errors.Error):
   """The checkpoint's backbone does not fit the target backbone."""
 
 

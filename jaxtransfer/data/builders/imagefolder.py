@@ -53,6 +53,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import tensorflow_datasets as tfds
 
+from jaxtransfer import errors
 from jaxtransfer.data import preprocess
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class _QuietCustomConfig(logging.Filter):
 logging.getLogger('absl').addFilter(_QuietCustomConfig())
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(errors.Error):
   """The folder cannot become a dataset (no images, empty class, splits with different classes, bad option)."""
 
 
