@@ -65,21 +65,9 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int, *, offse
   return tx
 
 
-def _get(config: ml_collections.ConfigDict, key: str, default: Any) -> Any:
-  """A per-group key of `config` (configs written before issue #5 lack them: the old behaviour)."""
-  value = config.get(key, default)
-  return default if value is None else value
-
-
 def _resolve_default(user_rules: Sequence[tuple[str, Any]], tree: Any, default: Any, what: str) -> dict[str, Any]:
   """{path: value}: the user's rules (strict: each must match something) with `default` for the rest."""
-  user = [(str(p), v) for p, v in user_rules]
-  try:
-    return rules.flatten(rules.resolve(user + [('.*', default)], tree, what=what))
-  except rules.RuleError as e:
-    if str(e).startswith(f"{what} '.*' matches no parameter"):  # the user's rules cover everything
-      return rules.flatten(rules.resolve(user, tree, what=what))
-    raise
+  return rules.flatten(rules.resolve([(str(p), v) for p, v in user_rules], tree, what=what, default=default))
 
 
 def lr_scales(config: ml_collections.ConfigDict, labels: Any) -> dict[str, float]:
@@ -88,8 +76,8 @@ def lr_scales(config: ml_collections.ConfigDict, labels: Any) -> dict[str, float
   With n backbone blocks: head × 1, block_i × llrd**(n − i) (the top block × llrd), any other backbone
   parameter (outside the blocks) × llrd**(n + 1).
   """
-  scales = {p: float(v) for p, v in _resolve_default(_get(config, 'lr_mult', ()), labels, 1.0, 'lr_mult rule').items()}
-  decay = float(_get(config, 'llrd', 1.0))
+  scales = {p: float(v) for p, v in _resolve_default(config.lr_mult, labels, 1.0, 'lr_mult rule').items()}
+  decay = float(config.llrd)
   if decay != 1.0:
     if not 0.0 < decay <= 1.0:
       raise ValueError(f'optim.llrd must be in (0, 1], got {decay}')
@@ -98,14 +86,15 @@ def lr_scales(config: ml_collections.ConfigDict, labels: Any) -> dict[str, float
       parts = path.split('/')
       if parts[0] != 'backbone':
         continue
-      depth = n - int(parts[1][6:]) if parts[1].startswith('block_') and parts[1][6:].isdigit() else n + 1
+      index = rules.block_index(parts[1])
+      depth = n + 1 if index is None else n - index
       scales[path] *= decay ** depth
   return scales
 
 
 def decay_flags(config: ml_collections.ConfigDict, labels: Any) -> dict[str, bool]:
   """{path: whether weight decay acts on it} from `decay_rules` (default: every parameter)."""
-  return {p: bool(v) for p, v in _resolve_default(_get(config, 'decay_rules', ()), labels, True,
+  return {p: bool(v) for p, v in _resolve_default(config.decay_rules, labels, True,
                                                    'decay rule').items()}
 
 
@@ -118,7 +107,7 @@ def start_steps(config: ml_collections.ConfigDict, labels: Any) -> dict[str, int
   the trainable set at P.
   """
   flat = rules.flatten(labels)
-  every, lp = int(_get(config, 'unfreeze_every', 0)), int(_get(config, 'lp_steps', 0))
+  every, lp = int(config.unfreeze_every), int(config.lp_steps)
   if every and lp:
     raise ValueError('optim.unfreeze_every and optim.lp_steps are two different schedules: set one of them')
   if every < 0 or lp < 0:
@@ -240,7 +229,7 @@ def make(config: ml_collections.ConfigDict, labels: Any, total_steps: int) -> op
     # Inside multi_transform the tree holds MaskedNode (no leaves) for other groups; paths are unchanged.
     decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: flags[rules.path_str(p)], params)
   starts = start_steps(config, labels)
-  lp = int(_get(config, 'lp_steps', 0))
+  lp = int(config.lp_steps)
   group_of, transforms = {}, {rules.FREEZE: optax.set_to_zero()}
   for path, s in starts.items():
     if s < 0:
@@ -249,7 +238,7 @@ def make(config: ml_collections.ConfigDict, labels: Any, total_steps: int) -> op
       group_of[path] = 'lp_then_ft'
       if 'lp_then_ft' not in transforms:
         lp_config = ml_collections.ConfigDict(config.to_dict())
-        lp_config.lr, lp_config.warmup_steps = float(_get(config, 'lp_lr', config.lr)), 0
+        lp_config.lr, lp_config.warmup_steps = float(config.lp_lr), 0
         transforms['lp_then_ft'] = phases([(0, base_optimizer(lp_config, lp, decay_mask=decay_mask)),
                                            (lp, base_optimizer(config, total_steps - lp, decay_mask=decay_mask))])
     elif s == 0:
@@ -263,7 +252,7 @@ def make(config: ml_collections.ConfigDict, labels: Any, total_steps: int) -> op
         transforms[group_of[path]] = phases([(s, inner)])
   group_labels = jax.tree_util.tree_map_with_path(lambda p, _: group_of[rules.path_str(p)], labels)
   tx = optax.multi_transform(transforms, group_labels)
-  alpha, beta = float(_get(config, 'l2sp', 0.0)), float(_get(config, 'l2sp_head', 0.0))
+  alpha, beta = float(config.l2sp), float(config.l2sp_head)
   if alpha or beta:
     tx = optax.chain(add_l2sp(alpha, beta), tx)
   scales = lr_scales(config, labels)

@@ -2,8 +2,8 @@
 
 A rule is `(regex, value)`. `resolve(rules, tree)` gives every leaf the value of the first rule whose
 regex fully matches the leaf's path (`backbone/block_2/conv_0/kernel`). It is strict, because a silent
-mistake here trains what should be frozen: every leaf must be covered, and a rule that matches no leaf
-is an error (a typo in a pattern would otherwise do nothing). The same rules drive freezing, learning-
+mistake here trains what should be frozen: every leaf must be covered (or the caller names a `default`
+for the rest), and a rule that matches no leaf is an error (a typo in a pattern would otherwise do nothing). The same rules drive freezing, learning-
 rate multipliers, weight-decay masks and sharding.
 
 Freeze presets (`trainable=`):
@@ -50,8 +50,15 @@ def flatten(tree: Any) -> dict[str, Any]:
   return {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def resolve(rules: Rules, tree: Any, *, what: str = 'rule') -> Any:
-  """A tree shaped like `tree` holding, per leaf, the value of the first rule that matches its path."""
+_REQUIRED = object()
+
+
+def resolve(rules: Rules, tree: Any, *, what: str = 'rule', default: Any = _REQUIRED) -> Any:
+  """A tree shaped like `tree` holding, per leaf, the value of the first rule that matches its path.
+
+  `default`: the value of every leaf no rule covers (without it, an uncovered leaf is an error). A rule
+  that matches no leaf is an error either way.
+  """
   compiled = []
   for pattern, value in rules:
     try:
@@ -67,8 +74,9 @@ def resolve(rules: Rules, tree: Any, *, what: str = 'rule') -> Any:
       if regex.fullmatch(name):
         used[i] = True
         return value
-    uncovered.append(name)
-    return None
+    if default is _REQUIRED:
+      uncovered.append(name)
+    return default
 
   out = jax.tree_util.tree_map_with_path(value_of, tree)
   if uncovered:
@@ -80,21 +88,26 @@ def resolve(rules: Rules, tree: Any, *, what: str = 'rule') -> Any:
   return out
 
 
+def block_index(name: str) -> int | None:
+  """The number i of a backbone block name 'block_<i>'; None for any other name."""
+  match = re.fullmatch(r'block_(\d+)', name)
+  return int(match.group(1)) if match else None
+
+
 def block_names(params: Any) -> list[str]:
   """Backbone block names (`block_0 …`) in computation order."""
-  names = [k for k in params['backbone'] if re.fullmatch(r'block_\d+', k)]
-  return sorted(names, key=lambda n: int(n.split('_')[1]))
+  return sorted((k for k in params['backbone'] if block_index(k) is not None), key=block_index)
 
 
 def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
-  """Expand a `trainable` preset or regex (see module docstring) into train/freeze rules."""
+  """Expand a `trainable` preset or regex (see module docstring) into train rules; the rest is frozen."""
   trainable = trainable.strip()
   if trainable == 'all':
     return [('.*', TRAIN)]
   if trainable == 'head':
-    return [('head/.*', TRAIN), ('.*', FREEZE)]
+    return [('head/.*', TRAIN)]
   if trainable == 'bitfit':
-    return [('head/.*', TRAIN), ('backbone/.*/bias', TRAIN), ('.*', FREEZE)]
+    return [('head/.*', TRAIN), ('backbone/.*/bias', TRAIN)]
   if trainable.startswith('last:'):
     blocks = block_names(params)
     try:
@@ -103,21 +116,13 @@ def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
       raise RuleError(f'trainable {trainable!r}: expected last:K with an integer K') from None
     if not 0 <= k <= len(blocks):
       raise RuleError(f'trainable {trainable!r}: the backbone has {len(blocks)} blocks')
-    rules = [('head/.*', TRAIN)] + [(f'backbone/{b}/.*', TRAIN) for b in blocks[len(blocks) - k:]]
-    return rules + [('.*', FREEZE)] if k < len(blocks) else rules
-  return [(trainable, TRAIN), ('.*', FREEZE)]
+    return [('head/.*', TRAIN)] + [(f'backbone/{b}/.*', TRAIN) for b in blocks[len(blocks) - k:]]
+  return [(trainable, TRAIN)]
 
 
 def freeze_labels(trainable: str, params: Any) -> Any:
-  """A tree of 'train' / 'freeze' labels for `params`, strict as `resolve`."""
-  rules = freeze_rules(trainable, params)
-  # The catch-all FREEZE rule is implicit in the presets: when nothing is left for it, drop it.
-  try:
-    return resolve(rules, params, what='freeze rule')
-  except RuleError as e:
-    if rules[-1] == ('.*', FREEZE) and str(e).startswith("freeze rule '.*' matches no parameter"):
-      return resolve(rules[:-1], params, what='freeze rule')
-    raise
+  """A tree of 'train' / 'freeze' labels for `params`: the preset's rules, FREEZE for the rest; strict as `resolve`."""
+  return resolve(freeze_rules(trainable, params), params, what='freeze rule', default=FREEZE)
 
 
 def frozen_blocks(labels: Any) -> tuple[str, ...]:

@@ -31,7 +31,6 @@ of every global batch and `shard_batch` assembles the global array with
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,16 +150,14 @@ def param_specs(rules: Sequence[tuple[str, Any]], params: Any, mesh: Mesh, *, fs
   """A PartitionSpec per leaf of `params` (arrays or `ShapeDtypeStruct`s), by first-matching path rule.
 
   Strict like `rules.resolve` (every leaf covered, no rule that matches nothing), except that a trailing
-  catch-all `'.*'` may be left unused when the rules before it cover everything.
+  catch-all `'.*'` (the preset `param_rules` appends) is the default for the leaves the rules before it
+  leave uncovered, so it may cover nothing.
   """
   rules = list(rules)
-  try:
+  if rules and rules[-1][0] == '.*':
+    values = rules_lib.resolve(rules[:-1], params, what='sharding rule', default=rules[-1][1])
+  else:
     values = rules_lib.resolve(rules, params, what='sharding rule')
-  except rules_lib.RuleError as e:
-    if rules and rules[-1][0] == '.*' and str(e).startswith("sharding rule '.*' matches no parameter"):
-      values = rules_lib.resolve(rules[:-1], params, what='sharding rule')
-    else:
-      raise
   n = mesh.shape['data']
 
   def spec(path, value, leaf):
@@ -217,16 +214,6 @@ def describe(specs: Any, params: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ batches
-
-
-def local_batch_size(global_batch: int, mesh: Mesh) -> int:
-  """Rows of a global batch that this process reads; raises unless the batch splits evenly."""
-  n, procs = mesh.shape['data'], jax.process_count()
-  if global_batch % n:
-    raise ShardingError(f'batch size {global_batch} is not divisible by the {n} devices of the data axis')
-  if global_batch % procs:
-    raise ShardingError(f'batch size {global_batch} is not divisible by the {procs} processes')
-  return global_batch // procs
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

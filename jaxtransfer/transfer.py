@@ -28,12 +28,6 @@ def source_backbone_spec(path: str, drop_last: int = 0) -> dict[str, Any]:
   return model_lib.drop_last_blocks(spec, drop_last) if drop_last else spec
 
 
-def _block_index(path: str) -> int:
-  """The block number of 'backbone/block_<i>/…' (-1 for anything else)."""
-  name = path.split('/')[1]
-  return int(name[6:]) if name.startswith('block_') and name[6:].isdigit() else -1
-
-
 def check_fit(stored: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], *,
               dropped_from: int | None = None, what: str = 'params') -> None:
   """Raise one TransferError naming every backbone path that is missing, unexpected or mis-shaped.
@@ -41,8 +35,11 @@ def check_fit(stored: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
   `stored`/`target` map '/'-joined paths to shapes. Stored blocks numbered ≥ `dropped_from` are the ones
   removed on purpose by `drop_last_blocks` and are skipped.
   """
-  stored = {p: s for p, s in stored.items() if p.startswith('backbone/')
-            and (dropped_from is None or _block_index(p) < dropped_from)}
+  def kept(path: str) -> bool:
+    index = rules.block_index(path.split('/')[1])
+    return dropped_from is None or index is None or index < dropped_from
+
+  stored = {p: s for p, s in stored.items() if p.startswith('backbone/') and kept(p)}
   problems = []
   mismatched = [f'{p} (checkpoint {stored[p]}, model {target[p]})'
                 for p in target if p in stored and tuple(stored[p]) != tuple(target[p])]

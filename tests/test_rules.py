@@ -62,3 +62,19 @@ def test_freeze_presets(params, trainable, trained_blocks):
 def test_bad_freeze_spec_raises(params, bad, message):
   with pytest.raises(rules.RuleError, match=message):
     rules.freeze_labels(bad, params)
+
+
+def test_default_fills_uncovered_leaves_and_rules_stay_strict(params):
+  got = rules.flatten(rules.resolve([('head/.*', 'h')], params, default='d'))
+  assert got['head/out/kernel'] == 'h' and got['backbone/block_0/conv_0/kernel'] == 'd'
+  assert set(got.values()) == {'h', 'd'}
+  everything = rules.flatten(rules.resolve([('.*', 'x')], params, default='d'))   # default left unused: fine
+  assert set(everything.values()) == {'x'}
+  with pytest.raises(rules.RuleError, match="'hed/.*' matches no parameter"):
+    rules.resolve([('hed/.*', 'h')], params, default='d')
+
+
+@pytest.mark.parametrize('name, index', [('block_0', 0), ('block_17', 17), ('block_', None), ('block_x', None),
+                                         ('stem', None), ('block_1/conv', None), ('xblock_1', None)])
+def test_block_index(name, index):
+  assert rules.block_index(name) == index
