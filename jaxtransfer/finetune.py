@@ -8,12 +8,17 @@ step-dependent parameter groups) and in the freeze presets (`rules.py`, incl. 'b
     apply_strategy(c, 'lp-ft')            # 1/3 of the steps linear probe at lp_lr, then everything at lr
     train.train(c, workdir)
 
-Strategies (`STRATEGIES`): scratch, head, last-1, last-2, full, lp-ft, l2sp, gradual, bitfit, llrd,
-drop1+mlp2 (surgery: drop the last backbone block, attach a 2-hidden-layer head). 'head' can also run on
-cached features (`features.linear_probe`), which gives the same head without re-running the backbone.
+Strategies (`STRATEGIES`, one table of dotted config overrides): scratch, head, last-1, last-2, full, lp-ft,
+l2sp, gradual, bitfit, llrd, drop1+mlp2 (surgery: drop the last backbone block, attach a 2-hidden-layer
+head), head+A-digits (the head starts from the source's outputs for same-named classes). A new strategy is
+one table entry. `TUNED_LR` holds the learning rates validated per label budget (experiments/tune_lr.py)
+that the demo uses. 'head' can also run on cached features (`features.linear_probe`), which gives the
+same head without re-running the backbone.
 """
 
 import copy
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,55 +27,105 @@ import ml_collections
 from jaxtransfer import errors, rules, transfer
 from jaxtransfer.models import model as model_lib
 
-# name → config changes. 'init_from': False = random init (scratch). lr values: see BUILD_NOTES.md.
+def fraction_of_steps(fraction: float) -> Callable[[ml_collections.ConfigDict], int]:
+  """An override value: `fraction` of the config's step budget (at least 1), resolved when the strategy is
+  applied, so the same table entry fits a 10-step test and a 1000-step study and the saved config holds
+  the concrete step count."""
+  def steps(config: ml_collections.ConfigDict) -> int:
+    return max(1, int(config.train.steps * fraction))
+  steps.__qualname__ = f'fraction_of_steps({fraction:.3g})'
+  return steps
+
+
+# The one strategy table: name → dotted config overrides, applied in order by `apply_strategy`. A value
+# that is a callable is a small pure function of the config (e.g. `fraction_of_steps`), evaluated then.
+# A strategy that sets 'transfer.init_from' to '' trains from random init (it needs the backbone spec);
+# every other one transfers from the config's `transfer.init_from`. lr values: see BUILD_NOTES.md (the
+# per-label-budget ones validated by experiments/tune_lr.py are in TUNED_LR).
 STRATEGIES: dict[str, dict[str, Any]] = {
-    'scratch': {'init_from': False, 'trainable': 'all', 'lr': 3e-3},
-    'head': {'trainable': 'head', 'lr': 1e-2},
-    'last-1': {'trainable': 'last:1', 'lr': 1e-3},
-    'last-2': {'trainable': 'last:2', 'lr': 1e-3},
-    'full': {'trainable': 'all', 'lr': 1e-3},
-    'lp-ft': {'trainable': 'all', 'lr': 3e-4, 'lp_fraction': 1 / 3, 'lp_lr': 1e-2},
-    'l2sp': {'trainable': 'all', 'lr': 1e-3, 'l2sp': 0.1, 'l2sp_head': 1e-4},
-    'gradual': {'trainable': 'all', 'lr': 1e-3, 'unfreeze_fraction': 1 / 4},
-    'bitfit': {'trainable': 'bitfit', 'lr': 1e-2},
-    'llrd': {'trainable': 'all', 'lr': 1e-3, 'llrd': 0.5},
-    'drop1+mlp2': {'trainable': 'all', 'lr': 1e-3, 'drop_last': 1, 'head_hidden': (128, 128)},
+    'scratch': {'transfer.init_from': '', 'trainable': 'all', 'optim.lr': 3e-3},
+    'head': {'trainable': 'head', 'optim.lr': 1e-2},
+    'last-1': {'trainable': 'last:1', 'optim.lr': 1e-3},
+    'last-2': {'trainable': 'last:2', 'optim.lr': 1e-3},
+    'full': {'trainable': 'all', 'optim.lr': 1e-3},
+    # 1/3 of the steps a linear probe at lp_lr, then everything at lr.
+    'lp-ft': {'trainable': 'all', 'optim.lr': 3e-4, 'optim.lp_steps': fraction_of_steps(1 / 3),
+              'optim.lp_lr': 1e-2},
+    'l2sp': {'trainable': 'all', 'optim.lr': 1e-3, 'optim.l2sp': 0.1, 'optim.l2sp_head': 1e-4},
+    # Head first, then one more block every quarter of the steps.
+    'gradual': {'trainable': 'all', 'optim.lr': 1e-3, 'optim.unfreeze_every': fraction_of_steps(1 / 4)},
+    'bitfit': {'trainable': 'bitfit', 'optim.lr': 1e-2},
+    'llrd': {'trainable': 'all', 'optim.lr': 1e-3, 'optim.llrd': 0.5},
+    'drop1+mlp2': {'trainable': 'all', 'optim.lr': 1e-3, 'transfer.drop_last_blocks': 1, 'model.head': 'mlp',
+                   'model.head_hidden': (128, 128)},
+    # The head-only probe, its output layer started from the source's outputs for the classes of the same
+    # name (glyphs '0'…'9' → real digits).
+    'head+A-digits': {'trainable': 'head', 'optim.lr': 1e-2, 'transfer.head_init': 'class_names'},
 }
+
+# Learning rates per labels-per-class budget, validated (never on the test set) by experiments/tune_lr.py:
+# the best mean validation accuracy (2 seeds, lrs 3e-4 … 3e-2, subsets of real_digits train[:3000],
+# validation train[3000:]; BUILD_NOTES.md). The demo runs the strategies listed here, at these lrs.
+TUNED_LR: dict[str, dict[int, float]] = {
+    'scratch': {1: 3e-4, 10: 3e-3, 100: 3e-3},
+    'head': {1: 3e-2, 10: 1e-2, 100: 3e-2},
+    'last-1': {1: 1e-3, 10: 1e-3, 100: 3e-3},
+    'full': {1: 3e-3, 10: 1e-3, 100: 3e-3},
+    'head+A-digits': {1: 3e-4, 10: 1e-2, 100: 3e-2},
+}
+
+
+def tuned_lr(strategy: str, per_class: int, table: dict[str, dict[int, float]] | None = None) -> float:
+  """`strategy`'s validated lr for `per_class` labels (an untuned budget takes the nearest tuned one in log
+  scale; 0 = all labels counts as the largest budget)."""
+  table = TUNED_LR if table is None else table
+  if strategy not in table:
+    raise errors.ConfigError(f'no tuned learning rate for strategy {strategy!r}; tuned: {", ".join(table)}')
+  lrs = table[strategy]
+  k = per_class or max(lrs)
+  return lrs[min(lrs, key=lambda b: abs(math.log(b or max(lrs)) - math.log(k)))]
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """`config.a.b = value` for key 'a.b'; a key the config does not have is a ConfigError."""
+  *parents, leaf = key.split('.')
+  node = config
+  for p in parents:
+    if p not in node:
+      raise errors.ConfigError(f'strategy override {key!r}: the config has no {p!r}')
+    node = node[p]
+  if leaf not in node:
+    raise errors.ConfigError(f'strategy override {key!r}: the config has no {leaf!r}')
+  node[leaf] = value
+
+
+def overrides(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+  """Strategy `name`'s overrides with every callable value resolved against `config`."""
+  if name not in STRATEGIES:
+    raise errors.ConfigError(f'unknown strategy {name!r}; known: {", ".join(STRATEGIES)}')
+  return {k: v(config) if callable(v) else v for k, v in STRATEGIES[name].items()}
 
 
 def apply_strategy(config: ml_collections.ConfigDict, name: str, *, backbone: dict[str, Any] | None = None,
                    lr: float | None = None) -> ml_collections.ConfigDict:
-  """Set `config`'s keys for strategy `name` (in place; returns it). Uses `config.train.steps`.
+  """Set `config`'s keys for strategy `name` (in place; returns it). Reads `config.train.steps`, so set the
+  step budget first.
 
-  `backbone`: the architecture for 'scratch' (the pretrained one, so only the initialisation differs).
+  `backbone`: the architecture for a strategy from random init (e.g. the pretrained one, so that only the
+  initialisation differs). `lr`: replaces the table's `optim.lr` (e.g. a tuned one).
   """
-  if name not in STRATEGIES:
-    raise ValueError(f'unknown strategy {name!r}; known: {", ".join(STRATEGIES)}')
-  s = STRATEGIES[name]
-  steps = config.train.steps
-  if not s.get('init_from', True):
+  changes = overrides(config, name)
+  if lr is not None:
+    changes['optim.lr'] = lr
+  if changes.get('transfer.init_from', config.transfer.init_from) == '':
+    if 'transfer.init_from' not in changes:
+      raise errors.ConfigError(f'strategy {name!r} needs config.transfer.init_from')
     if backbone is None and not config.model.backbone:
-      raise ValueError("strategy 'scratch' needs the backbone spec")
-    config.model.backbone = backbone or config.model.backbone
-    config.transfer.init_from = ''
-  elif not config.transfer.init_from:
-    raise ValueError(f'strategy {name!r} needs config.transfer.init_from')
-  config.trainable = s['trainable']
-  config.optim.lr = lr if lr is not None else s['lr']
-  if 'lp_fraction' in s:
-    config.optim.lp_steps = max(1, int(steps * s['lp_fraction']))
-    config.optim.lp_lr = s['lp_lr']
-  if 'unfreeze_fraction' in s:
-    config.optim.unfreeze_every = max(1, int(steps * s['unfreeze_fraction']))
-  if 'l2sp' in s:
-    config.optim.l2sp, config.optim.l2sp_head = s['l2sp'], s['l2sp_head']
-  if 'llrd' in s:
-    config.optim.llrd = s['llrd']
-  if 'drop_last' in s:
-    config.transfer.drop_last_blocks = s['drop_last']
-  if 'head_hidden' in s:
-    config.model.head = 'mlp'
-    config.model.head_hidden = tuple(s['head_hidden'])
+      raise errors.ConfigError(f'strategy {name!r} trains from random init and needs the backbone spec')
+    if backbone is not None:
+      changes['model.backbone'] = backbone
+  for key, value in changes.items():
+    set_dotted(config, key, value)
   return config
 
 

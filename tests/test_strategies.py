@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from jaxtransfer import config as config_lib
-from jaxtransfer import finetune, optim, rules, train
+from jaxtransfer import errors, finetune, optim, rules, train
 from jaxtransfer.models import model as model_lib
 
 CNN = {'name': 'cnn', 'stages': [4, 8], 'dense': [16]}
@@ -265,3 +265,53 @@ def test_train_loop_keeps_the_pretrained_anchor_and_recompiles_at_unfreezing(tin
         np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(out.params['backbone']['block_2']),
                                                       jax.tree_util.tree_leaves(init['params']['backbone']['block_2'])))
+
+
+def _dotted(d, prefix=''):
+  """{'a.b': value} for a nested config dict (dict-valued leaves such as model.backbone kept whole)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and k != 'backbone':
+      out.update(_dotted(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def test_strategy_table_is_applied_as_dotted_overrides_with_fractions_of_the_budget():
+  for steps, lp, every in ((10, 3, 2), (300, 100, 75), (2, 1, 1)):
+    c = config_lib.finetune(init_from='/ckpt')
+    c.train.steps = steps
+    finetune.apply_strategy(c, 'lp-ft')
+    assert (c.optim.lp_steps, c.optim.lp_lr, c.optim.lr, c.trainable) == (lp, 1e-2, 3e-4, 'all')
+    c = config_lib.finetune(init_from='/ckpt')
+    c.train.steps = steps
+    assert finetune.apply_strategy(c, 'gradual').optim.unfreeze_every == every
+  for name, changes in finetune.STRATEGIES.items():   # every entry lands on the keys it names, nothing else
+    c = config_lib.finetune(init_from='/ckpt')
+    before = _dotted(c.to_dict())
+    finetune.apply_strategy(c, name, backbone=CNN)
+    after = _dotted(c.to_dict())
+    for key, value in changes.items():
+      assert after[key] == (value(c) if callable(value) else value), (name, key)
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed <= set(changes) | {'model.backbone'}, (name, changed)
+  c = finetune.apply_strategy(config_lib.finetune(init_from='/ckpt'), 'drop1+mlp2', lr=0.5)
+  assert (c.transfer.drop_last_blocks, c.model.head, tuple(c.model.head_hidden), c.optim.lr) == (1, 'mlp', (128, 128), 0.5)
+  c = finetune.apply_strategy(config_lib.finetune(init_from='/ckpt'), 'scratch', backbone=CNN)
+  assert c.transfer.init_from == '' and c.model.backbone == CNN
+  c = finetune.apply_strategy(config_lib.finetune(init_from='/ckpt'), 'head+A-digits')
+  assert c.transfer.head_init == 'class_names' and c.trainable == 'head' and c.transfer.init_from == '/ckpt'
+
+
+def test_strategy_errors_are_typed():
+  with pytest.raises(errors.ConfigError, match="unknown strategy 'nope'"):
+    finetune.apply_strategy(config_lib.finetune(init_from='/ckpt'), 'nope')
+  with pytest.raises(errors.ConfigError, match="'head' needs config.transfer.init_from"):
+    finetune.apply_strategy(config_lib.finetune(), 'head')
+  with pytest.raises(errors.ConfigError, match='needs the backbone spec'):
+    finetune.apply_strategy(config_lib.finetune(init_from='/ckpt'), 'scratch')   # finetune() leaves it None
+  with pytest.raises(errors.ConfigError, match="has no 'nope'"):
+    finetune.set_dotted(config_lib.base(), 'optim.nope', 1)
+  with pytest.raises(errors.ConfigError, match="no tuned learning rate for strategy 'llrd'"):
+    finetune.tuned_lr('llrd', 10)

@@ -1,0 +1,94 @@
+"""The sweep runner: cached runs are not run again, a worker pool gives the same results, the summary is
+the sample (ddof=1) mean ± std of each seed's own value, and the writer's files say the same."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxtransfer import config as config_lib
+from jaxtransfer import errors, sweep
+
+
+def fake_run(config, workdir):
+  """A stand-in run: accuracy from (lr, seed); counts its calls in the workdir; lr < 0 has no data."""
+  if config.optim.lr < 0:
+    raise errors.DataError('no training example')
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'calls'), 'a') as f:
+    f.write('x')
+  return {'accuracy': config.optim.lr * 10 + 0.01 * config.seed ** 2, 'params': np.zeros(3)}
+
+
+def _runs(base, lrs=(0.01, 0.02), seeds=(0, 1, 2), no_result=()):
+  out = []
+  for lr in lrs:
+    for seed in seeds:
+      c = config_lib.base()
+      c.optim.lr, c.seed = lr, seed
+      out.append(sweep.Run(f'lr={lr}', 10, seed, c, os.path.join(base, str(lr), f'seed_{seed}'), fn=fake_run,
+                           no_result=no_result))
+  return out
+
+
+def _calls(run):
+  return len(open(os.path.join(run.workdir, 'calls')).read())
+
+
+def test_runs_are_cached_in_their_workdirs_and_summarized_with_ddof_1(tmp_path):
+  runs = _runs(str(tmp_path))
+  first = sweep.run(runs)
+  assert [(r.row, r.seed) for r in first] == [(r.row, r.seed) for r in runs]
+  assert all(_calls(r) == 1 for r in runs)
+  assert set(first[0].metrics) == {'accuracy'}                    # scalars only: the probe's params are dropped
+  again = sweep.run(runs)                                         # nothing runs twice
+  assert all(_calls(r) == 1 for r in runs) and again == first
+  vals = sweep.values(first, 'accuracy')
+  want = [0.1, 0.11, 0.14]
+  np.testing.assert_allclose(vals['lr=0.01'][10], want)
+  cell = sweep.summarize(vals)['lr=0.01']['10']
+  assert cell['n'] == 3
+  assert cell['mean'] == pytest.approx(np.mean(want))
+  assert cell['std'] == pytest.approx(np.std(want, ddof=1)) and cell['std'] > np.std(want)
+  # A finished workdir that ran another config is an error, not a silent reuse.
+  other = _runs(str(tmp_path), lrs=(0.01,))[0]
+  other.config.optim.weight_decay = 0.1
+  with pytest.raises(errors.ConfigError, match='a finished run of another config'):
+    sweep.run([other])
+  with pytest.raises(errors.ConfigError, match='share the workdir'):
+    sweep.run([runs[0], runs[0]])
+
+
+def test_no_result_errors_are_recorded_and_other_errors_raise(tmp_path):
+  runs = _runs(str(tmp_path), lrs=(-1.0,), seeds=(0,), no_result=(errors.DataError,))
+  (r,) = sweep.run(runs)
+  assert r.metrics is None
+  assert json.load(open(os.path.join(runs[0].workdir, sweep.FINAL)))['metrics'] is None
+  assert sweep.summarize(sweep.values([r], 'accuracy')) == {'lr=-1.0': {}}
+  with pytest.raises(errors.DataError):
+    sweep.run(_runs(str(tmp_path / 'b'), lrs=(-1.0,), seeds=(0,)))
+
+
+def test_worker_pool_gives_the_serial_results(tmp_path):
+  runs = _runs(str(tmp_path / 'pool'), lrs=(0.01,), seeds=(0, 1))
+  pooled = sweep.run(runs, workers=2)
+  serial = sweep.run(_runs(str(tmp_path / 'serial'), lrs=(0.01,), seeds=(0, 1)))
+  assert [r.metrics for r in pooled] == [r.metrics for r in serial]
+  assert all(_calls(r) == 1 for r in runs)
+
+
+def test_single_seed_std_and_missing_cells_in_the_written_table(tmp_path):
+  summary = {'a': {'1': sweep.stats([0.5]), '10': sweep.stats([0.6, 0.8])}, 'b': {'10': sweep.stats([None, 0.7])}}
+  assert summary['a']['1'] == {'mean': 0.5, 'std': 0.0, 'n': 1}
+  assert summary['b']['10'] == {'mean': 0.7, 'std': 0.0, 'n': 1}
+  assert sweep.stats([None]) is None
+  table = sweep.write_results(str(tmp_path), {'accuracy': summary, 'extra': 1}, title='T', caption='over {n} seeds',
+                              col_label=lambda k: f'{k}/class', xscale='log', notes='N')
+  md = open(tmp_path / 'results.md').read()
+  assert md == f'# T\n\nover 2 seeds\n\n{table}\n\nN\n'
+  assert table.splitlines() == ['| strategy | 1/class | 10/class |', '|---|---|---|',
+                                f'| a | 50.0 ± – | 70.0 ± {100 * np.std([0.6, 0.8], ddof=1):.1f} |',
+                                '| b | – | 70.0 ± – |']
+  assert json.load(open(tmp_path / 'results.json')) == {'accuracy': summary, 'extra': 1}
+  assert open(tmp_path / 'results.png', 'rb').read(4) == b'\x89PNG'
