@@ -8,17 +8,30 @@ Layout of `<workdir>/checkpoints/<step>/`:
                 enough to rebuild its backbone.
 Orbax writes each step to a temporary directory and renames it when complete (async, in a background
 thread), so a process killed mid-save leaves no directory that `latest_step` would take for a checkpoint.
+
+A step that was complete can still be damaged later (a truncated or deleted file). Every read goes through
+`verify` first, which reads the stored bytes of each value one at a time: a damaged step is reported as one
+`CheckpointError` naming the step and the file or stored value, before Orbax starts its concurrent reads
+(whose failure would leave a ~150-line TensorStore traceback and stray tracebacks from reads still in
+flight). Resuming falls back to the newest step that restores (`newest_restorable`).
 """
 
+import contextlib
+import logging
 import os
-from typing import Any
+import re
+from typing import Any, Iterator, Sequence
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from jaxtransfer import errors, rules
 
 ITEMS = ('params', 'batch_stats', 'opt_state', 'meta')
+DAMAGED_SUFFIX = '.damaged'   # a damaged step set aside by `newest_restorable`: Orbax lists only `<step>` dirs
+
+log = logging.getLogger('jaxtransfer')
 
 
 class CheckpointError(errors.Error):
@@ -61,19 +74,140 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, batch_stats:
   items = {'params': params, 'opt_state': opt_state}
   if jax.tree_util.tree_leaves(batch_stats):
     items['batch_stats'] = batch_stats
+  verify(mngr, step, list(items))
   args = {k: ocp.args.PyTreeRestore(item=v, restore_args=_restore_args(v)) for k, v in items.items()}
-  out = mngr.restore(step, args=ocp.args.Composite(**args))
+  with _reading(mngr, step):
+    out = mngr.restore(step, args=ocp.args.Composite(**args))
   return out['params'], out.get('batch_stats', batch_stats) if 'batch_stats' in items else batch_stats, out['opt_state']
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The JSON meta item of one step."""
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  with _reading(mngr, step, 'meta'):
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  if not isinstance(meta, dict):
+    raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: meta is not a JSON object')
+  return meta
+
+
+def step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+  """The directory of one step."""
+  return os.path.join(os.fspath(mngr.directory), str(step))
+
+
+def verify(mngr: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None:
+  """Raise a one-line `CheckpointError` unless every stored value of the PyTree `items` can be read.
+
+  Reads the stored (compressed) bytes of each value one at a time through TensorStore's OCDBT key-value
+  store — the layer Orbax writes PyTree items with — so a truncated, missing or undecodable file is found
+  before Orbax starts its concurrent reads, whose failure would leave stray tracebacks of reads still in
+  flight. Costs one extra read of the item's bytes (milliseconds for these models).
+  """
+  for item in items:
+    item_dir = os.path.join(step_dir(mngr, step), item)
+    if not os.path.isdir(item_dir):
+      raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} is missing')
+    where = item_dir
+    try:
+      store = ts.KvStore.open({'driver': 'ocdbt', 'base': {'driver': 'file', 'path': item_dir + '/'}}).result()
+      keys = store.list().result()
+      for key in keys:
+        where = f"{item_dir} (stored value '{key.decode(errors='replace')}')"
+        read = store.read(key).result()
+        if read.state != 'value' or not read.value:  # A deleted data file reads as empty: no stored value is.
+          raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} (its data '
+                                'file is missing)')
+    except errors.Error:
+      raise
+    except Exception as e:  # TensorStore raises ValueError with a status line; anything else is damage too.
+      raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} ({_reason(e)})') from e
+    if not keys:  # Orbax never writes an empty PyTree item, so no keys means no readable manifest.
+      raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} holds no readable value '
+                            f'({os.path.join(item_dir, "manifest.ocdbt")} missing or empty)')
+
+
+def newest_restorable(mngr: ocp.CheckpointManager) -> tuple[int | None, dict[str, Any] | None]:
+  """(step, meta) of the newest checkpoint whose meta and items restore, or (None, None) if there is none.
+
+  A damaged newer step is skipped with a one-line warning naming the step and why, and set aside as
+  `<step>.damaged` (kept for inspection; Orbax ignores it), so the resumed run can save that step again.
+  Raises `CheckpointError` if steps exist but none restores: starting over would silently discard them.
+  """
+  damaged: list[tuple[int, CheckpointError]] = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = read_meta(mngr, step)
+      items = meta.get('items') or [i for i in ITEMS if os.path.isdir(os.path.join(step_dir(mngr, step), i))]
+      verify(mngr, step, [i for i in items if i != 'meta'])
+    except CheckpointError as e:
+      log.warning('skipping damaged checkpoint step %d: %s', step, e)
+      damaged.append((step, e))
+      continue
+    for bad, _ in damaged:
+      _set_aside(step_dir(mngr, bad))
+    if damaged:
+      mngr.reload()
+    return step, meta
+  if damaged:
+    raise CheckpointError(f'no checkpoint in {os.fspath(mngr.directory)} restores (newest: {damaged[0][1]}); '
+                          'move the damaged step directories away to start over')
+  return None, None
+
+
+def _set_aside(path: str) -> None:
+  target, n = path + DAMAGED_SUFFIX, 1
+  while os.path.exists(target):
+    target, n = f'{path}{DAMAGED_SUFFIX}.{n}', n + 1
+  if jax.process_index() == 0:
+    os.rename(path, target)
+  log.warning('damaged checkpoint %s set aside as %s', path, target)
+
+
+def _reason(e: BaseException) -> str:
+  """'<type>: <first line>' of the innermost exception of e's chain (TensorStore's status line)."""
+  seen = {id(e)}
+  while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+    e = nxt
+    seen.add(id(e))
+  line = (str(e).strip().splitlines() or [''])[0]
+  return f'{type(e).__name__}: {line if len(line) <= 240 else line[:237] + "..."}'
+
+
+def _named_file(e: BaseException, directory: str) -> str:
+  """The first path under `directory` that e's chain of messages names, else ''.
+
+  The message text is used for nothing else: it only makes the one-line error name the file.
+  """
+  x, hops = e, 0
+  while x is not None and hops < 8:
+    found = re.search(re.escape(directory) + r'/[^\s\'"\\]*', str(x))
+    if found:
+      return found.group(0).rstrip('.,:;')
+    x, hops = x.__cause__ or x.__context__, hops + 1
+  return ''
+
+
+@contextlib.contextmanager
+def _reading(mngr: ocp.CheckpointManager, step: int, item: str = '') -> Iterator[None]:
+  """Turn an Orbax/TensorStore failure while reading `step` (`item` of it) into a one-line CheckpointError."""
+  try:
+    yield
+  except errors.Error:
+    raise
+  except Exception as e:  # Orbax raises OSError, ValueError or a bare Exception (TensorStore read failures).
+    if not isinstance(e, (OSError, ValueError)) and type(e) is not Exception:
+      raise  # A bug (TypeError, …) stays a traceback.
+    directory = step_dir(mngr, step)
+    where = _named_file(e, directory) or os.path.join(directory, item)
+    raise CheckpointError(f'checkpoint {directory}: cannot read {where} ({_reason(e)})') from e
 
 
 def item_shapes(mngr: ocp.CheckpointManager, step: int, item: str) -> dict[str, tuple[int, ...]]:
   """{'/'-joined path: shape} of one PyTree item as stored on disk (no array is read)."""
-  md = mngr.item_metadata(step)[item]
+  with _reading(mngr, step, item):
+    md = mngr.item_metadata(step)[item]
+  if md is None:
+    raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: no metadata for item {item!r}')
   tree = md.tree if hasattr(md, 'tree') else md
   return {path: tuple(leaf.shape) for path, leaf in rules.flatten(tree).items()}
 
@@ -111,7 +245,10 @@ def restore_subtree(mngr: ocp.CheckpointManager, step: int, item: str, abstract:
   `abstract` leaves are `jax.ShapeDtypeStruct`s with shardings: arrays come back laid out as asked,
   whatever device layout saved them.
   """
+  verify(mngr, step, [item])
   if abstract is None:  # Everything, as saved (single-process inspection, tests).
-    return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.PyTreeRestore()}))[item]
-  args = ocp.args.PyTreeRestore(item=abstract, restore_args=_restore_args(abstract), partial_restore=True)
-  return mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+    args = ocp.args.PyTreeRestore()
+  else:
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=_restore_args(abstract), partial_restore=True)
+  with _reading(mngr, step, item):
+    return mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]
