@@ -19,7 +19,7 @@ sum, and the count is guarded), so nothing is NaN.
 
 **Validation.** A jitted function cannot raise on values, so labels are checked on the host with
 ``validate_multitask_labels`` (the data pipeline calls it on each example or batch; the training
-loop may call it on the first batch). It raises a one-line ``ValueError`` naming the task.
+loop may call it on the first batch). It raises a one-line ``errors.DataError`` naming the task.
 """
 
 from collections.abc import Mapping, Sequence
@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxtransfer import errors
 
 KINDS = ('binary', 'multilabel', 'classification', 'regression')
 
@@ -52,7 +54,7 @@ def as_task(task: Task | str) -> Task:
   """A `Task` from a `Task` or a bare kind string; raises on an unknown kind."""
   task = Task(task) if isinstance(task, str) else task
   if task.kind not in KINDS:
-    raise ValueError(f'unknown task kind {task.kind!r}; expected one of {KINDS}')
+    raise errors.ConfigError(f'unknown task kind {task.kind!r}; expected one of {KINDS}')
   return task
 
 
@@ -191,14 +193,14 @@ def _check_sigmoid_labels(name: str, label: np.ndarray) -> None:
   bad = ~np.isin(label, (-1, 0, 1))
   if bad.any():
     where = _first_bad(bad)
-    raise ValueError(f'task {name!r}: label {label[where].item()!r} at index {where} is not in {{-1 (unknown), 0, 1}}')
+    raise errors.DataError(f'task {name!r}: label {label[where].item()!r} at index {where} is not in {{-1 (unknown), 0, 1}}')
 
 
 def validate_multitask_labels(
     labels: Mapping[str, np.ndarray] | np.ndarray,
     tasks: TaskSpec | Sequence[str] | None = None,
 ) -> None:
-  """Raise a one-line `ValueError` naming the task if any label is invalid; host-side (numpy).
+  """Raise a one-line `errors.DataError` naming the task if any label is invalid; host-side (numpy).
 
   Two forms:
     * `labels` a (B, T) array (the `masked_multilabel_loss` layout): every value must be in
@@ -211,15 +213,15 @@ def validate_multitask_labels(
   Example:
     >>> validate_multitask_labels(np.array([[1, 2]]), ['smiling', 'glasses'])
     Traceback (most recent call last):
-    ValueError: task 'glasses': label 2 at index (0,) is not in {-1 (unknown), 0, 1}
+    jaxtransfer.errors.DataError: task 'glasses': label 2 at index (0,) is not in {-1 (unknown), 0, 1}
   """
   if not isinstance(labels, Mapping):
     labels = np.asarray(labels)
     if labels.ndim != 2:
-      raise ValueError(f'multi-label labels must be (batch, tasks), got shape {labels.shape}')
+      raise errors.DataError(f'multi-label labels must be (batch, tasks), got shape {labels.shape}')
     names = list(tasks) if tasks is not None else [f'task {t}' for t in range(labels.shape[1])]
     if len(names) != labels.shape[1]:
-      raise ValueError(f'{len(names)} task names for {labels.shape[1]} label columns')
+      raise errors.DataError(f'{len(names)} task names for {labels.shape[1]} label columns')
     for t, name in enumerate(names):
       _check_sigmoid_labels(name, labels[:, t])
     return
@@ -227,34 +229,34 @@ def validate_multitask_labels(
     raise ValueError('dict labels need a task spec: name -> Task')
   for name in labels:
     if name not in tasks:
-      raise ValueError(f'task {name!r}: labels given but the task is not in the spec {list(tasks)}')
+      raise errors.DataError(f'task {name!r}: labels given but the task is not in the spec {list(tasks)}')
   for name, task in tasks.items():
     task = as_task(task)
     if name not in labels:
-      raise ValueError(f'task {name!r}: no labels in the batch (use -1 / NaN for unknown)')
+      raise errors.DataError(f'task {name!r}: no labels in the batch (use -1 / NaN for unknown)')
     label = np.asarray(labels[name])
     if task.kind in ('binary', 'multilabel'):
       if task.kind == 'multilabel' and task.num_classes is not None and label.shape[-1] != task.num_classes:
-        raise ValueError(f'task {name!r}: {label.shape[-1]} label columns, expected {task.num_classes}')
+        raise errors.DataError(f'task {name!r}: {label.shape[-1]} label columns, expected {task.num_classes}')
       _check_sigmoid_labels(name, label)
     elif task.kind == 'classification':
       if task.num_classes is None:
-        raise ValueError(f'task {name!r}: a classification task needs num_classes')
+        raise errors.ConfigError(f'task {name!r}: a classification task needs num_classes')
       not_int = ~np.isfinite(label) | (label != np.round(label)) if label.dtype.kind == 'f' else None
       if label.dtype.kind not in 'iuf' or (not_int is not None and not_int.any()):
         where = _first_bad(not_int) if not_int is not None and not_int.any() else ()
         shown = label[where].item() if where else label.dtype
-        raise ValueError(f'task {name!r}: class labels must be integers, got {shown!r} at index {where}')
+        raise errors.DataError(f'task {name!r}: class labels must be integers, got {shown!r} at index {where}')
       bad = (label < -1) | (label >= task.num_classes)
       if bad.any():
         where = _first_bad(bad)
-        raise ValueError(
+        raise errors.DataError(
             f'task {name!r}: class index {label[where].item()!r} at index {where} is out of range '
             f'[0, {task.num_classes}) (-1 = unknown)')
     else:  # regression
       if label.dtype.kind not in 'iuf':
-        raise ValueError(f'task {name!r}: regression labels must be numbers, got dtype {label.dtype}')
+        raise errors.DataError(f'task {name!r}: regression labels must be numbers, got dtype {label.dtype}')
       bad = np.isinf(label)
       if bad.any():
         where = _first_bad(bad)
-        raise ValueError(f'task {name!r}: label {label[where].item()!r} at index {where} is infinite (NaN = unknown)')
+        raise errors.DataError(f'task {name!r}: label {label[where].item()!r} at index {where} is infinite (NaN = unknown)')

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxtransfer import rules
+from jaxtransfer import errors, rules
 
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -40,7 +40,7 @@ def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup, max(total_steps, warmup + 1))
   if config.schedule == 'constant':
     return optax.constant_schedule(lr)
-  raise ValueError(f'optim.schedule: unknown schedule {config.schedule!r} (cosine | constant)')
+  raise errors.ConfigError(f'optim.schedule: unknown schedule {config.schedule!r} (cosine | constant)')
 
 
 def base_optimizer(config: ml_collections.ConfigDict, total_steps: int, *, offset: int = 0,
@@ -59,7 +59,7 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int, *, offse
   elif config.name == 'sgd':
     tx = optax.sgd(lr, momentum=config.momentum or None)
   else:
-    raise ValueError(f'optim.name: unknown optimizer {config.name!r} (adam | sgd)')
+    raise errors.ConfigError(f'optim.name: unknown optimizer {config.name!r} (adam | sgd)')
   if config.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
   return tx
@@ -80,7 +80,7 @@ def lr_scales(config: ml_collections.ConfigDict, labels: Any) -> dict[str, float
   decay = float(config.llrd)
   if decay != 1.0:
     if not 0.0 < decay <= 1.0:
-      raise ValueError(f'optim.llrd must be in (0, 1], got {decay}')
+      raise errors.ConfigError(f'optim.llrd must be in (0, 1], got {decay}')
     n = len(rules.block_names(labels)) if 'backbone' in labels else 0
     for path in scales:
       parts = path.split('/')
@@ -109,9 +109,9 @@ def start_steps(config: ml_collections.ConfigDict, labels: Any) -> dict[str, int
   flat = rules.flatten(labels)
   every, lp = int(config.unfreeze_every), int(config.lp_steps)
   if every and lp:
-    raise ValueError('optim.unfreeze_every and optim.lp_steps are two different schedules: set one of them')
+    raise errors.ConfigError('optim.unfreeze_every and optim.lp_steps are two different schedules: set one of them')
   if every < 0 or lp < 0:
-    raise ValueError('optim.unfreeze_every and optim.lp_steps must be ≥ 0')
+    raise errors.ConfigError('optim.unfreeze_every and optim.lp_steps must be ≥ 0')
   out = {p: 0 if v == rules.TRAIN else -1 for p, v in flat.items()}
   if lp:
     return {p: (0 if p.startswith('head/') else lp) if s >= 0 else -1 for p, s in out.items()}

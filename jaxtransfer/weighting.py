@@ -65,6 +65,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtransfer import errors
+
 PyTree = Any
 _TINY = 1e-12
 
@@ -120,7 +122,7 @@ def gram_matrix(jac: PyTree) -> jax.Array:
   """G Gᵀ (T, T) of a Jacobian tree with leading task axis, summed leaf by leaf (no concat)."""
   leaves = jax.tree.leaves(jac)
   if not leaves:
-    raise ValueError('gram_matrix: the shared parameters are empty (all frozen?); nothing to weight by gradients')
+    raise errors.ConfigError('gram_matrix: the shared parameters are empty (all frozen?); nothing to weight by gradients')
   t = leaves[0].shape[0]
   flat = [x.reshape(t, -1).astype(jnp.float32) for x in leaves]
   return sum(jnp.dot(x, x.T, precision='highest') for x in flat)

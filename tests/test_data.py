@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxtransfer import errors
 from jaxtransfer.data import catalog, fewshot, pipeline
 from jaxtransfer.data.builders import glyphs, real_digits
 
@@ -171,7 +172,7 @@ def test_mnist_t10k_missing_file_is_a_clear_error(tmp_path, present):
   for f in present:
     (manual / f).write_bytes(b'')
   missing = next(f for f in T10K_FILES if f not in present)
-  with pytest.raises(FileNotFoundError, match=missing):
+  with pytest.raises(errors.DataError, match=missing):
     catalog.load('real_digits/mnist_t10k', 'test', data_dir=str(tmp_path / 'd'),
                  manual_dir=str(manual))
   assert not catalog.builder('real_digits/mnist_t10k',

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxtransfer import errors
 from jaxtransfer.data import preprocess
 from jaxtransfer.data.builders import glyphs, imagefolder, real_digits, scenes
 
@@ -95,18 +96,18 @@ def parse_tfds_name(name: str) -> TfdsName:
   ds, _, config = body.partition(':')
   if not ds or not all(part.replace('_', '').replace('.', '').replace('-', '').isalnum()
                        for part in (ds, config or 'x')):
-    raise ValueError(f'bad dataset name {name!r}: expected tfds:<name>[:<config>], e.g. tfds:mnist, '
-                     'tfds:oxford_flowers102?size=224')
+    raise errors.DataError(f'bad dataset name {name!r}: expected tfds:<name>[:<config>], e.g. tfds:mnist, '
+                           'tfds:oxford_flowers102?size=224')
   size, policy = None, 'crop'
   for key, value in urllib.parse.parse_qsl(query, strict_parsing=bool(query)):
     if key == 'size':
       size = preprocess._size(value, f'{name}: size')  # pylint: disable=protected-access
     elif key == 'resize':
       if value not in preprocess.RESIZE_POLICIES:
-        raise ValueError(f'{name}: resize must be one of {preprocess.RESIZE_POLICIES}, got {value!r}')
+        raise errors.DataError(f'{name}: resize must be one of {preprocess.RESIZE_POLICIES}, got {value!r}')
       policy = value
     else:
-      raise ValueError(f'{name}: unknown option {key!r} (known: size, resize)')
+      raise errors.DataError(f'{name}: unknown option {key!r} (known: size, resize)')
   return TfdsName(ds, config, size, policy)
 
 
@@ -120,7 +121,7 @@ def _resolve(name: str) -> tuple[type[tfds.core.GeneratorBasedBuilder], str]:
   cls = BUILDERS.get(builder_name)
   configs = [c.name for c in cls.BUILDER_CONFIGS] if cls else []
   if cls is None or (config and config not in configs):
-    raise ValueError(f'Unknown dataset {name!r}. Known: {", ".join(known_names())}')
+    raise errors.DataError(f'Unknown dataset {name!r}. Known: {", ".join(known_names())}')
   return cls, config or cls.DEFAULT_CONFIG_NAME
 
 
@@ -146,7 +147,7 @@ def builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuild
     try:
       return tfds.builder(parsed.tfds_name, **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f'{name}: {str(e).splitlines()[0]}') from None
+      raise errors.DataError(f'{name}: {str(e).splitlines()[0]}') from None
   cls, config = _resolve(name)
   return cls(config=config, data_dir=data_dir or default_data_dir())
 
@@ -208,15 +209,15 @@ def _supervised_keys(b: tfds.core.DatasetBuilder) -> tuple[str, str]:
   elif len(keys) == 2 and all(isinstance(k, str) for k in keys):
     image, label = keys
   else:
-    raise ValueError(f'tfds:{b.name}: supervised keys {keys!r} are not (image, label)')
+    raise errors.DataError(f'tfds:{b.name}: supervised keys {keys!r} are not (image, label)')
   features = b.info.features
   for k in (image, label):
     if k not in features:
-      raise ValueError(f'tfds:{b.name}: has no feature {k!r} (features: {", ".join(features)})')
+      raise errors.DataError(f'tfds:{b.name}: has no feature {k!r} (features: {", ".join(features)})')
   if not isinstance(features[label], tfds.features.ClassLabel):
-    raise ValueError(f'tfds:{b.name}: label {label!r} is not a ClassLabel')
+    raise errors.DataError(f'tfds:{b.name}: label {label!r} is not a ClassLabel')
   if len(features[image].shape) != 3:
-    raise ValueError(f'tfds:{b.name}: {image!r} is not an (H, W, C) image (shape {features[image].shape})')
+    raise errors.DataError(f'tfds:{b.name}: {image!r} is not an (H, W, C) image (shape {features[image].shape})')
   return image, label
 
 
@@ -316,8 +317,8 @@ def info(name: str, data_dir: str | None = None, *,
     if parsed.size:
       image_shape = (*parsed.size, image_shape[-1])
     elif None in image_shape:
-      raise ValueError(f'{name}: images have no fixed size {image_shape}; add ?size=H[xW] to the name, '
-                       f'e.g. {name.partition("?")[0]}?size=224')
+      raise errors.DataError(f'{name}: images have no fixed size {image_shape}; add ?size=H[xW] to the name, '
+                             f'e.g. {name.partition("?")[0]}?size=224')
   return DatasetSummary(
       name=f'{b.name}/{b.builder_config.name}' if b.builder_config else b.name,
       num_classes=label.num_classes if label is not None else 0,
@@ -368,5 +369,5 @@ def label_arrays(name: str, split: str, keys: Sequence[str], data_dir: str | Non
   rows = src.__getitems__(range(len(src))) if hasattr(src, '__getitems__') else [src[i] for i in range(len(src))]
   missing = [k for k in keys if rows and k not in rows[0]]
   if missing:
-    raise ValueError(f'{name} split {split}: no feature {missing[0]!r} (features: {", ".join(rows[0])})')
+    raise errors.DataError(f'{name} split {split}: no feature {missing[0]!r} (features: {", ".join(rows[0])})')
   return {k: np.stack([np.asarray(r[k]) for r in rows]) if rows else np.zeros((0,)) for k in keys}

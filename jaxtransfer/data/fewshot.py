@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxtransfer import errors
+
 
 def class_order(labels: np.ndarray, cls: int, seed: int) -> np.ndarray:
   """Indices of class `cls` in a seeded random order that does not depend on k."""
@@ -32,8 +34,8 @@ def k_per_class_indices(labels: np.ndarray, k: int | None, seed: int, *,
       missing from `labels` is then an error too); otherwise the classes present count.
 
   Raises:
-    ValueError: if a class has fewer than k examples (names the classes and counts), or
-      k < 1.
+    errors.DataError: if a class has fewer than k examples (names the classes and counts).
+    errors.ConfigError: if k < 1.
 
   >>> k_per_class_indices(np.array([0, 1, 0, 1, 1]), 1, seed=0).tolist()  # one per class
   [0, 4]
@@ -44,14 +46,14 @@ def k_per_class_indices(labels: np.ndarray, k: int | None, seed: int, *,
   if k is None:
     return np.arange(len(labels), dtype=np.int64)
   if int(k) != k or k < 1:
-    raise ValueError(f'k must be a positive integer or None, got {k!r}')
+    raise errors.ConfigError(f'k must be a positive integer or None, got {k!r}')
   classes = (np.arange(num_classes) if num_classes is not None
              else np.unique(labels))
   counts = {int(c): int(np.sum(labels == c)) for c in classes}
   short = {c: n for c, n in counts.items() if n < k}
   if short:
     detail = ', '.join(f'class {c}: {n}' for c, n in short.items())
-    raise ValueError(f'k={k} per class requested but {len(short)} class(es) have fewer '
-                     f'examples ({detail})')
+    raise errors.DataError(f'k={k} per class requested but {len(short)} class(es) have fewer '
+                           f'examples ({detail})')
   picked = [class_order(labels, c, seed)[:k] for c in classes]
   return np.sort(np.concatenate(picked)).astype(np.int64)

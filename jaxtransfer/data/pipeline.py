@@ -44,6 +44,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxtransfer import errors
 from jaxtransfer.data.preprocess import Preprocess
 
 Batch = dict[str, np.ndarray]
@@ -55,12 +56,12 @@ def num_examples(source: Sequence[Any]) -> int:
 
 def _host_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
   if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    raise errors.ConfigError(f'batch_size must be >= 1, got {batch_size}')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
   if batch_size % process_count:
-    raise ValueError(f'global batch_size={batch_size} is not divisible by '
-                     f'process_count={process_count}')
+    raise errors.ConfigError(f'global batch_size={batch_size} is not divisible by '
+                             f'process_count={process_count}')
   return batch_size // process_count
 
 
@@ -246,7 +247,7 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
     raise ValueError(f'start_step must be >= 0, got {start_step}')
   ids = _subset_ids(source, indices)
   if len(ids) == 0:
-    raise ValueError('cannot draw training batches from an empty dataset')
+    raise errors.DataError('cannot draw training batches from an empty dataset')
   stream = _TrainStream(_Examples(source, ids, cache_bytes), batch_size,
                         (process_index * b, (process_index + 1) * b), seed, preprocess)
   return _iterate(grain.MapDataset.source(stream)[start_step:], num_threads, prefetch, worker_count)

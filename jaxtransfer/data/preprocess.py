@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxtransfer import errors
+
 RESIZE_POLICIES = ('crop', 'pad', 'stretch')
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),     # torchvision / timm ImageNet models
@@ -50,14 +52,14 @@ def _size(value: Any, what: str) -> tuple[int, int] | None:
     value = (int(value), int(value))
   size = tuple(int(v) for v in value)
   if len(size) != 2 or min(size) < 1:
-    raise ValueError(f'{what}: expected a size H or (H, W) with H, W >= 1, got {value!r}')
+    raise errors.ConfigError(f'{what}: expected a size H or (H, W) with H, W >= 1, got {value!r}')
   return size
 
 
 def resize_pil(img: Image.Image, size: tuple[int, int], policy: str = 'crop') -> Image.Image:
   """`img` resized to H×W = `size` by `policy` (see the module docstring)."""
   if policy not in RESIZE_POLICIES:
-    raise ValueError(f'resize policy must be one of {RESIZE_POLICIES}, got {policy!r}')
+    raise errors.ConfigError(f'resize policy must be one of {RESIZE_POLICIES}, got {policy!r}')
   h, w = size
   if img.size == (w, h):
     return img
@@ -99,7 +101,7 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def random_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
   """A uniformly random H×W window of `image` (which must be at least that large)."""
   if image.shape[0] < size[0] or image.shape[1] < size[1]:
-    raise ValueError(f'random crop {size} larger than the image {image.shape[:2]}')
+    raise errors.ConfigError(f'random crop {size} larger than the image {image.shape[:2]}')
   top = int(rng.integers(0, image.shape[0] - size[0] + 1))
   left = int(rng.integers(0, image.shape[1] - size[1] + 1))
   return crop(image, size, top, left)
@@ -125,15 +127,15 @@ class Preprocess:
     object.__setattr__(self, 'resize', _size(self.resize, 'resize'))
     object.__setattr__(self, 'crop', _size(self.crop, 'random_crop'))
     if self.resize_policy not in RESIZE_POLICIES:
-      raise ValueError(f'resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}')
+      raise errors.ConfigError(f'resize_policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}')
     if self.normalize and self.normalize not in NORMALIZATIONS:
-      raise ValueError(f'normalize must be \'\' or one of {", ".join(NORMALIZATIONS)}, got {self.normalize!r}')
+      raise errors.ConfigError(f'normalize must be \'\' or one of {", ".join(NORMALIZATIONS)}, got {self.normalize!r}')
     if (self.mean is None) != (self.std is None):
-      raise ValueError('give both mean and std, or neither')
+      raise errors.ConfigError('give both mean and std, or neither')
     if self.normalize and self.mean is not None:
-      raise ValueError('give either normalize=<name> or mean/std, not both')
+      raise errors.ConfigError('give either normalize=<name> or mean/std, not both')
     if self.std is not None and min(self.std) <= 0:
-      raise ValueError(f'std must be positive, got {self.std}')
+      raise errors.ConfigError(f'std must be positive, got {self.std}')
 
   @property
   def is_identity(self) -> bool:
@@ -151,10 +153,10 @@ class Preprocess:
       h, w = self.resize
     if self.crop:
       if h is not None and (self.crop[0] > h or self.crop[1] > w):
-        raise ValueError(f'random_crop {self.crop} is larger than the images ({h}, {w}); resize first')
+        raise errors.ConfigError(f'random_crop {self.crop} is larger than the images ({h}, {w}); resize first')
       h, w = self.crop
     if h is None or w is None:
-      raise ValueError(f'images of shape {tuple(image_shape)} have no fixed size: set a resize (e.g. 224)')
+      raise errors.ConfigError(f'images of shape {tuple(image_shape)} have no fixed size: set a resize (e.g. 224)')
     return (h, w, c)
 
   def _geometry(self, image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -182,7 +184,7 @@ class Preprocess:
       if images.shape[-1] == 1:
         mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
       else:
-        raise ValueError(f'{len(mean)}-channel statistics for {images.shape[-1]}-channel images')
+        raise errors.ConfigError(f'{len(mean)}-channel statistics for {images.shape[-1]}-channel images')
     return (images - mean) / std
 
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtransfer import errors
 from jaxtransfer.models import conv
 
 _CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -116,7 +117,7 @@ class CNN(nn.Module):
       return x.reshape(x.shape[0], -1)
     if self.pool in ('max', 'mean'):
       return getattr(jnp, self.pool)(x, axis=(1, 2))
-    raise ValueError(f"CNN pool: expected 'flatten', 'max' or 'mean', got {self.pool!r}")
+    raise errors.ConfigError(f"CNN pool: expected 'flatten', 'max' or 'mean', got {self.pool!r}")
 
   def block_modules(self) -> list[tuple[str, Any]]:
     kinds = [(ConvBlock, f) for f in self.stages] + [(DenseBlock, f) for f in self.dense]

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtransfer import errors
+
 # (width multiplier, depth multiplier, resolution, dropout) of tensorflow/tpu's efficientnet_lite_builder.
 VARIANTS = {
     'lite0': (1.0, 1.0, 224, 0.2),
@@ -64,7 +66,7 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
 def block_configs(variant: str) -> list[dict[str, int]]:
   """The MBConv blocks of `variant`: kernel, stride, expand, in/out channels (first and last stage unscaled in depth)."""
   if variant not in VARIANTS:
-    raise ValueError(f'unknown EfficientNet-Lite variant {variant!r}; known: {", ".join(VARIANTS)}')
+    raise errors.ConfigError(f'unknown EfficientNet-Lite variant {variant!r}; known: {", ".join(VARIANTS)}')
   width, depth, _, _ = VARIANTS[variant]
   blocks = []
   for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(STAGES):
@@ -165,7 +167,7 @@ class EfficientNetLite(nn.Module):
     if x.shape[-1] == 1:
       x = jnp.repeat(x, 3, axis=-1)
     if x.shape[-1] != 3:
-      raise ValueError(f'EfficientNet-Lite takes 1- or 3-channel images, got {x.shape[-1]} channels')
+      raise errors.DataError(f'EfficientNet-Lite takes 1- or 3-channel images, got {x.shape[-1]} channels')
     if self.input_mean is not None:
       x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
     return x

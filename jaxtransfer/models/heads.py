@@ -5,6 +5,8 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 
+from jaxtransfer import errors
+
 
 class LinearHead(nn.Module):
   """One Dense layer to `num_outputs` logits (a linear probe when the backbone is frozen)."""
@@ -49,7 +51,7 @@ class MultiTaskHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     if not self.outputs:
-      raise ValueError('MultiTaskHead needs at least one task in `outputs`')
+      raise errors.ConfigError('MultiTaskHead needs at least one task in `outputs`')
     return {name: MLPHead(int(width), tuple(self.hidden), self.dropout, name=name)(x, train=train)
             for name, width in self.outputs.items()}
 

@@ -24,6 +24,7 @@ import numpy as np
 
 import tensorflow_datasets as tfds
 
+from jaxtransfer import errors
 from jaxtransfer.data import builders
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -40,11 +41,11 @@ def read_idx(path: str) -> np.ndarray:
     data = f.read()
   zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
   if zero != 0 or dtype_code != 0x08:
-    raise ValueError(f'{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})')
+    raise errors.DataError(f'{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})')
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
   arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if arr.size != int(np.prod(shape)):
-    raise ValueError(f'{path}: header says {shape} but holds {arr.size} bytes')
+    raise errors.DataError(f'{path}: header says {shape} but holds {arr.size} bytes')
   return arr.reshape(shape)
 
 
@@ -116,13 +117,13 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
       images_path, labels_path = (os.path.join(manual_dir, f) for f in (T10K_IMAGES, T10K_LABELS))
       for p in (images_path, labels_path):
         if not manual_dir or not os.path.isfile(p):
-          raise FileNotFoundError(
+          raise errors.DataError(
               f'real_digits/mnist_t10k: missing {os.path.basename(p)} in manual_dir '
               f'{manual_dir or "(not given)"!r}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
       x = read_idx(images_path).reshape(-1, *IMAGE_SHAPE)
       y = read_idx(labels_path).astype(np.int64)
       if len(x) != len(y):
-        raise ValueError(f'{images_path} has {len(x)} images but {labels_path} {len(y)} labels')
+        raise errors.DataError(f'{images_path} has {len(x)} images but {labels_path} {len(y)} labels')
       return {'test': self._generate_examples(x, y, np.arange(len(y)))}
     raise ValueError(f'unknown source {cfg.source!r}')
 

@@ -40,6 +40,7 @@ from PIL import Image
 
 import tensorflow_datasets as tfds
 
+from jaxtransfer import errors
 from jaxtransfer.data.builders import glyphs, real_digits
 
 _SPLIT_IDS = {'train': 0, 'test': 1}
@@ -53,7 +54,7 @@ def task_names(num_tasks: int) -> tuple[str, ...]:
 def hiding_rates(unknown: float) -> tuple[float, float]:
   """(q, r): the probability that an example is block-annotated, and the random hiding rate."""
   if not 0.0 <= unknown <= 1.0:
-    raise ValueError(f'unknown fraction must be in [0, 1], got {unknown}')
+    raise errors.ConfigError(f'unknown fraction must be in [0, 1], got {unknown}')
   q = unknown
   r = (unknown - q / 2) / (1 - q / 2)
   return q, r
@@ -231,5 +232,5 @@ def task_config(num_tasks: int = 6, *, count: str | None = None) -> dict[str, di
   elif count == 'regression':
     tasks['count'] = {'kind': 'regression', 'key': 'count'}
   elif count is not None:
-    raise ValueError(f'count must be None, "classification" or "regression", got {count!r}')
+    raise errors.ConfigError(f'count must be None, "classification" or "regression", got {count!r}')
   return tasks
