@@ -6,7 +6,11 @@ key that does not exist is an error. The presets are the demo's stages: `pretrai
 and `finetune()` on real handwritten digits (task B).
 """
 
+import math
+
 import ml_collections
+
+from jaxtransfer import errors
 
 
 def base() -> ml_collections.ConfigDict:
@@ -133,3 +137,101 @@ def finetune(init_from: str = '', trainable: str = 'all', per_class: int = 10) -
   c.train.checkpoint_every = 100
   c.train.log_every = 50
   return c
+
+# ------------------------------------------------------------------------------------------ validation
+
+# Allowed values of the enumerated keys. Registries that tests or users extend (objectives, backbones,
+# heads) are checked by the registry itself, not here.
+CHOICES = {
+    'input.resize_policy': ('crop', 'pad', 'stretch'),
+    'input.normalize': ('', 'imagenet', 'inception', 'efficientnet_lite'),
+    'transfer.head_init': ('fresh', 'class_names'),
+    'optim.name': ('adam', 'sgd'),
+    'optim.schedule': ('cosine', 'constant'),
+    'mtl.weighting': ('equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad'),
+    'mtl.task_gradients': ('features', 'params'),
+    'mtl.unknown_policy': ('mask', 'negative', 'drop'),
+    'mesh.params': ('replicate', 'fsdp'),
+    'distributed.initialize': ('off', 'on', 'auto'),
+}
+# key: (lowest, highest, lowest allowed?, highest allowed?) for numbers; None = unbounded on that side.
+RANGES = {
+    'train.steps': (1, None, True, True),
+    'train.batch_size': (1, None, True, True),
+    'train.eval_batch_size': (1, None, True, True),
+    'train.log_every': (1, None, True, True),
+    'train.checkpoint_every': (1, None, True, True),
+    'train.keep_checkpoints': (1, None, True, True),
+    'train.eval_every': (0, None, True, True),
+    'input.per_class': (0, None, True, True),
+    'transfer.drop_last_blocks': (0, None, True, True),
+    'model.num_outputs': (0, None, True, True),
+    'model.head_dropout': (0.0, 1.0, True, False),
+    'optim.lr': (0.0, None, False, True),
+    'optim.lp_lr': (0.0, None, False, True),
+    'optim.warmup_steps': (0, None, True, True),
+    'optim.weight_decay': (0.0, None, True, True),
+    'optim.momentum': (0.0, 1.0, True, False),
+    'optim.grad_clip': (0.0, None, True, True),
+    'optim.llrd': (0.0, 1.0, False, True),
+    'optim.l2sp': (0.0, None, True, True),
+    'optim.l2sp_head': (0.0, None, True, True),
+    'optim.unfreeze_every': (0, None, True, True),
+    'optim.lp_steps': (0, None, True, True),
+    'mesh.fsdp_min_size': (0, None, True, True),
+    'mesh.cpu_devices': (0, None, True, True),
+}
+INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
+_ABSENT = object()
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> object:
+  """The value at dotted `key`, or _ABSENT when the config has no such key (older or partial configs)."""
+  node = config
+  for part in key.split('.'):
+    if not hasattr(node, 'get'):
+      return _ABSENT
+    node = node.get(part, _ABSENT)
+    if node is _ABSENT:
+      return _ABSENT
+  return node
+
+
+def _bad(key: str, value: object, why: str) -> errors.ConfigError:
+  return errors.ConfigError(f'config.{key}={value!r}: {why}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raise one `errors.ConfigError` naming the key and its value if any key is out of range.
+
+  Checks the numbers (`RANGES`: steps and batch sizes ≥ 1, lr > 0 and finite, fractions in their interval
+  …), the enumerated strings (`CHOICES`) and the few rules between keys (warm-up shorter than the run,
+  one of gradual unfreezing / LP-FT). Keys a config lacks are skipped. Cheap; no data or JAX involved.
+  """
+  for key, (low, high, low_ok, high_ok) in RANGES.items():
+    value = _get(config, key)
+    if value is _ABSENT:
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise _bad(key, value, 'expected a number')
+    if key in INTEGER_KEYS and value != int(value):
+      raise _bad(key, value, 'expected an integer')
+    if not math.isfinite(value):
+      raise _bad(key, value, 'expected a finite number')
+    if low is not None and (value < low or (value == low and not low_ok)):
+      raise _bad(key, value, f'must be {">=" if low_ok else ">"} {low}')
+    if high is not None and (value > high or (value == high and not high_ok)):
+      raise _bad(key, value, f'must be {"<=" if high_ok else "<"} {high}')
+  for key, allowed in CHOICES.items():
+    value = _get(config, key)
+    if value is not _ABSENT and value not in allowed:
+      raise _bad(key, value, f'expected one of {" | ".join(repr(a) for a in allowed)}')
+  steps, warmup = _get(config, 'train.steps'), _get(config, 'optim.warmup_steps')
+  if steps is not _ABSENT and warmup is not _ABSENT and warmup and warmup >= steps:
+    raise _bad('optim.warmup_steps', warmup, f'must be < train.steps ({steps})')
+  lp_steps = _get(config, 'optim.lp_steps')
+  if steps is not _ABSENT and lp_steps is not _ABSENT and lp_steps and lp_steps >= steps:
+    raise _bad('optim.lp_steps', lp_steps, f'must be < train.steps ({steps}): LP-FT needs steps left to fine-tune')
+  if lp_steps not in (_ABSENT, 0) and _get(config, 'optim.unfreeze_every') not in (_ABSENT, 0):
+    raise _bad('optim.lp_steps', lp_steps, 'optim.unfreeze_every and optim.lp_steps are two different schedules: '
+               'set one of them')
