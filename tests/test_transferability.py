@@ -23,13 +23,30 @@ def test_scores_prefer_informative_features():
   xn, _ = _blobs(False)
   assert transferability.logme(xi, y) > transferability.logme(xn, y) + 0.1
   assert transferability.hscore(xi, y) > transferability.hscore(xn, y) * 3
-  # N < D works (few-shot): zero singular values are accounted for.
+  # N < D (few-shot): zero singular values are accounted for — zero feature columns carry no evidence, so
+  # padding 20 examples' 16 features with 100 zeros leaves LogME unchanged (values: test_logme_reference.py).
   xw = np.concatenate([xi[:20], np.zeros((20, 100))], 1)
-  assert np.isfinite(transferability.logme(xw, y[:20]))
+  assert transferability.logme(xw, y[:20]) == pytest.approx(transferability.logme(xi[:20], y[:20]), rel=1e-6)
   # LEEP: a source whose classes map one-to-one onto B's labels scores ≈ 0; a uninformative one log(1/K).
   onehot = np.eye(5)[y] * 0.999 + 0.0002
   assert transferability.leep(onehot, y) > -0.01
   assert transferability.leep(np.full((300, 7), 1 / 7), y) == pytest.approx(np.mean(np.log(np.bincount(y)[y] / 300)), abs=1e-6)
+
+
+@pytest.mark.parametrize('per_class, best, random, answer', [
+    # LogME gain over random init: 0.05 (NO_GAIN) decides whether the source transfers at all …
+    (10, 1.06, 1.0, 'lp-ft'), (10, 1.04, 1.0, 'scratch'), (11, -0.94, -1.0, 'lp-ft'),
+    (400, -0.96, -1.0, 'scratch'), (11, 1.04, 1.0, 'scratch'),
+    # … then 50 labels per class (MEDIUM) splits LP-FT from the large-B strategies …
+    (50, 0.5, 0.0, 'lp-ft'), (51, 0.5, 0.0, 'drop1+mlp2'),
+    # … where a gain under 0.2 (LARGE_B_GAIN) loses to scratch; no random twin: the gain is unknown.
+    (51, 0.21, 0.0, 'drop1+mlp2'), (51, 0.19, 0.0, 'scratch'), (51, 0.19, None, 'drop1+mlp2'),
+    (50, 0.19, 0.0, 'lp-ft'), (1, -5.0, None, 'lp-ft'),
+])
+def test_recommendation_on_both_sides_of_each_threshold(per_class, best, random, answer):
+  assert advise.recommend(per_class, best, random).split(':')[0] == answer
+  # Few labels and nothing transferable: the advice is to collect more, not only to train from scratch.
+  assert ('collect more' in advise.recommend(per_class, best, random)) == (answer == 'scratch' and per_class <= 10)
 
 
 def test_recommendation_by_size_and_score():
@@ -52,9 +69,16 @@ def test_logme_ranks_pretrained_above_random_init_on_real_digits(tmp_path_factor
   c.optim.lr, c.optim.warmup_steps = 3e-3, 0
   workdir = str(tmp_path_factory.mktemp('tr_pretrain'))
   train.train(c, workdir)
-  result = advise.advise([workdir], 'real_digits', layers=(0,), per_class=20, data_dir=data_dir)
-  pre, rand = result['candidates']
-  assert not pre['random_init'] and rand['random_init']
+  result = advise.advise([workdir], 'real_digits', layers=(0, 1), per_class=20, data_dir=data_dir)
+  pre, cut, rand = result['candidates']
+  assert not pre['random_init'] and not cut['random_init'] and rand['random_init']
+  assert pre['n'] == cut['n'] == 200 and (pre['dim'], cut['dim']) == (32, 16 * 7 * 7)
   assert pre['logme'] > rand['logme'], result
-  assert pre['leep'] is not None and np.isfinite(pre['leep'])
-  assert result['recommendation'].split(':')[0] in ('lp-ft', 'scratch')
+  assert pre['leep'] is not None and np.isfinite(pre['leep']) and cut['leep'] is None
+  # The best candidate and the advice follow from the scores: here the cut backbone (measured: LogME +0.19
+  # over random init, the full one only +0.05, at the NO_GAIN threshold) → lp-ft at 20 labels per class.
+  best = max((pre, cut), key=lambda r: r['logme'])
+  assert result['best'] == best['name'] and result['random_init_logme'] == rand['logme']
+  assert result['recommendation'] == advise.recommend(20, best['logme'], rand['logme'])
+  assert best['logme'] - rand['logme'] > 0.1, result
+  assert result['recommendation'].startswith('lp-ft: 20 labels per class'), result['recommendation']
