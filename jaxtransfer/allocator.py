@@ -9,9 +9,10 @@ each step: 20,700 minor page faults and 60–70 ms of system time per 150 ms ste
 caching allocator does: one malloc arena for all threads, no mmap'd chunks, no trimming, so a freed
 buffer is reused by the next step in place (0 faults per step).
 
-`keep_freed_memory()` sets that with `mallopt` at import of `jaxtransfer` (before XLA starts its
-threads). Cost: the process keeps its peak heap instead of returning it to the OS. Off with the
-environment variable JAXTRANSFER_MALLOC=off; a no-op where the C library has no `mallopt` (not glibc).
+`keep_freed_memory()` sets that with `mallopt`; `runtime.configure()` calls it (before XLA starts its
+threads). Importing jaxtransfer does not. Cost: the process keeps its peak heap instead of returning it
+to the OS. Off with the environment variable JAXTRANSFER_MALLOC=off; a no-op where the C library has no
+`mallopt` (not glibc). `applied()` tells whether it was applied in this process.
 """
 
 import ctypes
@@ -23,8 +24,17 @@ ENV = 'JAXTRANSFER_MALLOC'
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
+_applied = False
+
+
+def applied() -> bool:
+  """Whether `keep_freed_memory()` has changed this process's malloc settings."""
+  return _applied
+
+
 def keep_freed_memory() -> bool:
   """Configure glibc malloc as described above; True if it was applied."""
+  global _applied
   if os.environ.get(ENV, '').lower() in ('off', '0', 'false'):
     return False
   try:
@@ -34,5 +44,7 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   # mallopt returns 1 on success; the trim threshold's int argument caps it at 2 GiB - 1.
-  return all(mallopt(option, value) == 1 for option, value in
-             ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+  ok = [mallopt(option, value) == 1 for option, value in
+        ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))]
+  _applied = _applied or any(ok)
+  return all(ok)

@@ -99,15 +99,39 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)}
 
 
+def _flat(d: Any, prefix: str = '') -> dict[str, Any]:
+  if not isinstance(d, dict) or not d:
+    return {prefix[:-1]: d}
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.'))
+  return out
+
+
+def _check_same_config(path: str, saved: Any, run: Run) -> None:
+  """A workdir that ran another config is an error: its checkpoints would be resumed (or its result
+  reused) for the wrong run. Keys only one side has (the schema grew) do not count."""
+  a, b = _flat(saved), _flat(_config_json(run.config))
+  differ = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+  if differ:
+    raise errors.ConfigError(f'{path}: a run of another config ({", ".join(differ[:3])} differ); '
+                             f'delete {run.workdir} or use another workdir')
+
+
 def cached(run: Run) -> Result | None:
-  """The run's result from its workdir's final.json, or None when it has not finished."""
+  """The run's result from its workdir's final.json, or None when it has not finished. Raises ConfigError
+  when the workdir holds a run (finished, or trained by `train.train` to the end) of another config."""
   path = os.path.join(run.workdir, FINAL)
   if not os.path.exists(path):
+    trained = os.path.join(run.workdir, 'config.json')   # train.train's record of a run it finished
+    if os.path.exists(trained):
+      with open(trained) as f:
+        _check_same_config(trained, json.load(f), run)
     return None
   with open(path) as f:
     done = json.load(f)
-  if 'config' in done and done['config'] != _config_json(run.config):
-    raise errors.ConfigError(f'{path}: a finished run of another config; delete {run.workdir} or use another workdir')
+  if 'config' in done:
+    _check_same_config(path, done['config'], run)
   return Result(run.row, run.col, run.seed, run.workdir, done['metrics'], done.get('wall_s', 0.0),
                 done.get('cpu_s', 0.0))
 

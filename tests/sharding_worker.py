@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxtransfer import checkpoint, rules, sharding, transfer  # noqa: E402
+from jaxtransfer import checkpoint, rules, runtime, sharding, transfer  # noqa: E402
 from jaxtransfer.models import model as model_lib  # noqa: E402
 
 SPEC = {'backbone': {'name': 'resnet', 'depth': [1, 1], 'width': 8}, 'head': {'name': 'linear', 'num_outputs': 16}}
@@ -195,4 +195,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.configure(os.environ.get('JAX_COMPILATION_CACHE_DIR'))   # before the first JAX computation
   main(sys.argv[1:])

@@ -1,16 +1,18 @@
 """jaxtransfer.allocator: XLA:CPU's per-step buffers are reused instead of page-faulted in anew."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from jaxtransfer import allocator
+from jaxtransfer import allocator, runtime
 
 PROBE = r'''
 import resource
-import jaxtransfer  # noqa: F401  (configures malloc before XLA starts its threads)
+from jaxtransfer import allocator
+allocator.keep_freed_memory()   # before XLA starts its threads (runtime.configure() does this)
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) ** 2) + jnp.sum(jnp.cumsum(x, axis=1)))
 x = jnp.ones((8192, 2048), jnp.float32)   # 64 MiB in; XLA allocates a 140 MiB temporary buffer per call
@@ -48,3 +50,28 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
 def test_off_switch(monkeypatch):
   monkeypatch.setenv(allocator.ENV, 'off')
   assert allocator.keep_freed_memory() is False
+
+
+IMPORT_PROBE = r'''
+import json, os
+import jaxtransfer, jaxtransfer.train, jaxtransfer.cli  # noqa: F401
+import jax
+from jaxtransfer import allocator, runtime
+imported = [os.environ.get('XLA_FLAGS'), allocator.applied(), jax.config.jax_threefry_partitionable]
+runtime.configure()
+configured = [os.environ.get('XLA_FLAGS'), allocator.applied(), jax.config.jax_threefry_partitionable]
+print(json.dumps({'imported': imported, 'configured': configured}))
+'''
+
+
+def test_import_changes_nothing_and_configure_sets_everything():
+  """Importing jaxtransfer as a library leaves XLA_FLAGS, malloc and JAX's config alone; configure() sets them."""
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', allocator.ENV)}
+  env.update(JAX_PLATFORMS='cpu', JAXTRANSFER_JAX_CACHE='off', XLA_FLAGS='--xla_cpu_use_thunk_runtime=true')
+  out = subprocess.run([sys.executable, '-c', IMPORT_PROBE], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got['imported'] == ['--xla_cpu_use_thunk_runtime=true', False, True]
+  flags, applied, partitionable = got['configured']
+  assert flags == '--xla_cpu_use_thunk_runtime=true ' + runtime.XLA_FLAG   # the user's flags kept, ours added
+  assert applied is sys.platform.startswith('linux') and partitionable is False

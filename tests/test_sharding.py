@@ -134,7 +134,8 @@ def test_cpu_devices_option():
   sharding.set_cpu_devices(jax.local_device_count())       # already so: fine
   with pytest.raises(sharding.ShardingError, match='already running'):
     sharding.set_cpu_devices(jax.local_device_count() + 1)
-  code = 'from jaxtransfer import sharding; import jax; sharding.set_cpu_devices(4); print(jax.device_count())'
+  code = ('from jaxtransfer import runtime, sharding; import jax; runtime.configure(); sharding.set_cpu_devices(4); '
+          'print(jax.device_count())')
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
   out = subprocess.run([sys.executable, '-c', code], env=dict(env, JAX_PLATFORMS='cpu'), capture_output=True,
                        text=True, timeout=120, check=True)

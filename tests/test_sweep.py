@@ -54,10 +54,21 @@ def test_runs_are_cached_in_their_workdirs_and_summarized_with_ddof_1(tmp_path):
   # A finished workdir that ran another config is an error, not a silent reuse.
   other = _runs(str(tmp_path), lrs=(0.01,))[0]
   other.config.optim.weight_decay = 0.1
-  with pytest.raises(errors.ConfigError, match='a finished run of another config'):
+  with pytest.raises(errors.ConfigError, match=r'a run of another config \(optim.weight_decay differ\)'):
     sweep.run([other])
   with pytest.raises(errors.ConfigError, match='share the workdir'):
     sweep.run([runs[0], runs[0]])
+  # A run train.train finished (its config.json) without a final.json: resumed only if it is the same config.
+  fresh = _runs(str(tmp_path / 'trained'), lrs=(0.03,), seeds=(0,))[0]
+  os.makedirs(fresh.workdir)
+  saved = fresh.config.to_dict()
+  saved['optim']['lr'], saved['a_key_of_an_older_schema'] = 0.5, 1
+  json.dump(saved, open(os.path.join(fresh.workdir, 'config.json'), 'w'), default=str)
+  with pytest.raises(errors.ConfigError, match=r'config.json: a run of another config \(optim.lr differ\)'):
+    sweep.run([fresh])
+  saved['optim']['lr'] = 0.03
+  json.dump(saved, open(os.path.join(fresh.workdir, 'config.json'), 'w'), default=str)
+  assert sweep.run([fresh])[0].metrics['accuracy'] == pytest.approx(0.3)
 
 
 def test_no_result_errors_are_recorded_and_other_errors_raise(tmp_path):

@@ -90,6 +90,8 @@ def main() -> None:
   ap.add_argument('--worker', choices=list(BACKBONES), help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
+    from jaxtransfer import runtime
+    runtime.configure()   # before jax starts
     print(json.dumps(worker(args.worker, args.steps, args.batch)))
     return
 

@@ -32,7 +32,7 @@ def main(argv=None):
   from jaxtransfer import features, optim, rules, runtime, train, transfer
   from jaxtransfer.data import catalog, pipeline
   from jaxtransfer.models import model as model_lib
-  runtime.enable_compilation_cache()
+  runtime.configure()
 
   src = catalog.load(a.data, 'train')
   n = len(src)

@@ -32,6 +32,7 @@ def main(argv: list[str] | None, *, doc: str, stem: str, run: Callable[[int, int
   ap.add_argument('--rounds', type=int, default=rounds)
   ap.add_argument('--out', default=f'runs/bench/{stem}')
   a = ap.parse_args(argv)
-  import jaxtransfer  # noqa: F401  (XLA flags and the allocator, before jax starts)
+  from jaxtransfer import runtime
+  runtime.configure()   # XLA flags and the allocator, before jax starts
   res = run(a.batch, a.rounds)
   write(a.out, stem, res, markdown(res))

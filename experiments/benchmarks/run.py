@@ -604,13 +604,16 @@ def main(argv=None) -> None:
                        'rounds; the headline JAX/torch ratio uses the faster layout (default 0 = off; off with --quick)')
   ap.add_argument('--worker', default='', help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  from jaxtransfer import runtime
   if args.worker:
+    runtime.configure()   # before jax starts, under the experiment's XLA_FLAGS / JAXTRANSFER_MALLOC
     w = json.loads(args.worker)
     print(json.dumps(experiment_worker(w['batch'], w['rounds'], w['devices'])))
     return
   if args.split > 1 and not args.quick and 'xla_force_host_platform_device_count' not in _BASE_XLA_FLAGS:
     # Before jax starts (it is imported lazily below): the 1-device variants use device 0 only.
     os.environ['XLA_FLAGS'] = (_BASE_XLA_FLAGS + f' --xla_force_host_platform_device_count={args.split}').strip()
+  runtime.configure()   # after --split's XLA_FLAGS, before jax starts
   res = bench(args)
   report.write(args.out, 'bench', res, markdown(res))
   bad = [k for k in TOP_KEYS if isinstance(res[k], float) and not math.isfinite(res[k])]
