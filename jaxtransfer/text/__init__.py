@@ -1,0 +1,1 @@
+"""Text: tokenizers that travel with checkpoints (and, in later issues, text data and objectives)."""

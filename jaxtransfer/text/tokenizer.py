@@ -1,0 +1,123 @@
+"""A tokenizer that travels with a checkpoint: Hugging Face `tokenizers` JSON (e.g. BERT's WordPiece).
+
+    tok = Tokenizer.from_json(open('tokenizer.json').read())
+    ids = tok.encode(['a sentence', 'another one'], max_len=128)   # (2, T) int32, padded with tok.pad_id
+    meta['tokenizer'] = tok.to_meta()                              # into the checkpoint's meta (JSON)
+    same = Tokenizer.from_meta(meta['tokenizer'])
+
+The whole `tokenizer.json` (normaliser, pre-tokeniser, WordPiece vocabulary, [CLS]/[SEP] template) is kept
+as one string, so a fine-tune tokenizes with exactly the tokenizer its checkpoint was trained with; the
+`tokenizers` library does the work (WordPiece is not re-implemented here). The file's own padding and
+truncation settings are replaced: `encode` truncates to `max_len` (the post-processor's [SEP] is kept) and
+pads each batch to its longest sequence with `pad_id` — the encoder's padding mask reads that id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxtransfer import errors
+
+KIND = 'huggingface-tokenizers'
+
+
+class TokenizerError(errors.Error):
+  """A tokenizer that cannot be read, or that does not fit the checkpoint or the config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  """A `tokenizers` JSON tokenizer and its padding token (see the module docstring)."""
+  content: str                      # the tokenizer.json text
+  pad_token: str = '[PAD]'
+
+  @classmethod
+  def from_json(cls, content: str, pad_token: str = '[PAD]') -> Tokenizer:
+    tok = cls(content, pad_token)
+    tok.pad_id  # noqa: B018  (validates the JSON and the padding token now, not at the first batch)
+    return tok
+
+  @classmethod
+  def from_meta(cls, meta: dict[str, Any]) -> Tokenizer:
+    """The tokenizer stored by `to_meta` in a checkpoint's meta."""
+    if not isinstance(meta, dict) or meta.get('kind') != KIND or 'json' not in meta:
+      raise TokenizerError(f'checkpoint meta tokenizer: expected {{"kind": "{KIND}", "json": …}}, got '
+                           f'{str(meta)[:80]!r}')
+    return cls.from_json(meta['json'], meta.get('pad_token', '[PAD]'))
+
+  def to_meta(self) -> dict[str, Any]:
+    """A JSON-serialisable description for a checkpoint's meta (the whole tokenizer and its fingerprint)."""
+    return {'kind': KIND, 'json': self.content, 'pad_token': self.pad_token, 'sha256': self.fingerprint}
+
+  @property
+  def fingerprint(self) -> str:
+    """sha256 of the tokenizer JSON: two tokenizers are the same iff their fingerprints are."""
+    return hashlib.sha256(self.content.encode()).hexdigest()
+
+  @property
+  def _tokenizer(self) -> Any:
+    cached = self.__dict__.get('_cached')
+    if cached is None:
+      import tokenizers
+
+      try:
+        cached = tokenizers.Tokenizer.from_str(self.content)
+      except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+        raise TokenizerError(f'not a tokenizers JSON ({type(e).__name__}: {str(e)[:100]})') from None
+      cached.no_padding()
+      cached.no_truncation()
+      object.__setattr__(self, '_cached', cached)
+    return cached
+
+  @property
+  def pad_id(self) -> int:
+    pad = self._tokenizer.token_to_id(self.pad_token)
+    if pad is None:
+      raise TokenizerError(f'tokenizer has no padding token {self.pad_token!r}')
+    return int(pad)
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+  def token_to_id(self, token: str) -> int | None:
+    return self._tokenizer.token_to_id(token)
+
+  def encode(self, texts: Sequence[str], *, max_len: int) -> np.ndarray:
+    """(len(texts), T) int32 token ids, T = the longest encoding (≤ `max_len`), padded with `pad_id`."""
+    if max_len < 2:
+      raise TokenizerError(f'max_len={max_len}: must leave room for the special tokens')
+    if isinstance(texts, str):
+      raise TokenizerError('encode takes a sequence of texts, got one str')
+    tok = self._tokenizer
+    tok.enable_truncation(max_len)
+    try:
+      encodings = tok.encode_batch(list(texts))
+    finally:
+      tok.no_truncation()
+    t = max((len(e.ids) for e in encodings), default=0)
+    out = np.full((len(encodings), t), self.pad_id, np.int32)
+    for i, e in enumerate(encodings):
+      out[i, :len(e.ids)] = e.ids
+    return out
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids` without special tokens (padding included)."""
+    return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def check_same(stored: dict[str, Any] | None, wanted: Tokenizer, where: str) -> None:
+  """Raise TokenizerError unless the checkpoint's meta tokenizer `stored` is `wanted` (a fine-tune must
+  tokenize with its checkpoint's own tokenizer)."""
+  if stored is None:
+    raise TokenizerError(f'{where}: the checkpoint holds no tokenizer')
+  have = Tokenizer.from_meta(stored).fingerprint
+  if have != wanted.fingerprint:
+    raise TokenizerError(f'{where}: tokenizer sha256 {wanted.fingerprint[:12]} differs from the checkpoint\'s '
+                         f'{have[:12]}')
+

