@@ -51,7 +51,21 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, data_dir, args, message
   lines = error_lines(err)
   assert len(lines) == 1, err
   assert lines[0].startswith('jaxtransfer: error: ') and message in lines[0], err
-  assert not os.path.exists(tmp_path / 'w' / 'checkpoints' / '0')
+  # The run stopped before its first step: nothing a re-run would resume from (saves start at the first
+  # checkpoint_every step, so look for any step, committed or half-written).
+  assert checkpoint_leftovers(tmp_path / 'w') == [], checkpoint_leftovers(tmp_path / 'w')
+
+
+def checkpoint_leftovers(workdir) -> list[str]:
+  """What a run left in `<workdir>/checkpoints`: committed steps (as the manager sees them) and any other
+  entry, e.g. a `<step>.orbax-checkpoint-tmp-…` directory of a save cut short."""
+  ckpts = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpts):
+    return []
+  mngr = checkpoint.manager(ckpts, read_only=True)
+  steps = [str(s) for s in mngr.all_steps()]
+  mngr.close()
+  return sorted(set(steps) | set(os.listdir(ckpts)))
 
 
 def _final_params(workdir):
@@ -74,6 +88,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
   victim.send_signal(signal.SIGKILL)
   victim.communicate()
   assert victim.returncode == -signal.SIGKILL
+  assert '5' in checkpoint_leftovers(tmp_path / 'cut')   # what the bad-input test looks for is really left
   code, _, err = run_cli(*args, f'--workdir={tmp_path}/cut', data_dir=data_dir)
   assert code == 0, err
   assert 'init=resume' in err
