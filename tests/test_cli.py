@@ -96,3 +96,63 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
   step_b, resumed = _final_params(str(tmp_path / 'cut'))
   assert step_a == step_b == 60
   jax.tree_util.tree_map(np.testing.assert_array_equal, full, resumed)
+
+
+@pytest.mark.parametrize('args', [['--help'], ['-h'], [], ['help']])
+def test_help_lists_the_verbs_and_exits_0(args, data_dir):
+  code, out, err = run_cli(*args, data_dir=data_dir)
+  assert code == 0, err
+  verbs = [l.split()[0] for l in out.splitlines() if l.startswith('  ')]
+  assert verbs == ['pretrain', 'finetune', 'evaluate', 'demo', 'import-weights', 'advise'], out
+  assert 'Unknown command line flag' not in out + err
+
+
+@pytest.mark.parametrize('verb, flags, config_help', [
+    ('finetune', ['--config', '--workdir', '--verbosity'], True),
+    ('pretrain', ['--config', '--workdir'], True),
+    ('evaluate', ['--workdir', '--split', '--data'], False),
+    ('advise', ['--checkpoints', '--layers', '--per_class', '--data'], False),
+])
+def test_verb_help_shows_its_flags_and_exits_0(verb, flags, config_help, data_dir):
+  code, out, err = run_cli(verb, '--help', data_dir=data_dir)
+  assert code == 0, err
+  shown = {l.split(':')[0].strip() for l in out.splitlines() if l.startswith('  --')}
+  assert set(flags) <= shown, out
+  assert ('--seeds' in shown) is False                        # demo's flag is not listed for other verbs
+  assert ('--config.<key>=<value>' in out) == config_help and ('--config.train.steps=' in out) == config_help, out
+
+
+def test_config_value_out_of_range_is_one_line_and_exit_code_2(tmp_path, data_dir):
+  code, _, err = run_cli('finetune', f'--config={SCRATCH}', '--config.train.steps=-5', f'--workdir={tmp_path}/w',
+                         data_dir=data_dir)
+  assert code == 2, err
+  assert err.strip().splitlines() == ['jaxtransfer: error: config.train.steps=-5: must be >= 1'], err
+  assert not os.path.exists(tmp_path / 'w')
+
+
+NOISE = ('OpenCV is not installed', 'Given directory is read only', 'sys.meta_path is None', 'Traceback',
+         'dataset_info.json', 'Exception ignored')
+
+
+def test_output_holds_no_third_party_noise_unless_verbosity_asks(tmp_path, data_dir):
+  """A tiny fine-tune on a JPEG folder + evaluate: only jaxtransfer's own lines; --verbosity shows the rest."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for cls in ('ants', 'bees'):
+      os.makedirs(tmp_path / 'photos' / split / cls)
+      for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / 'photos' / split / cls / f'{i}.jpg')
+  workdir = f'--workdir={tmp_path}/run'
+  code, _, err = run_cli('finetune', f'--config={SCRATCH}', f'--config.data=imagefolder:{tmp_path}/photos?size=12',
+                         '--config.train.steps=2', '--config.input.per_class=0', '--config.train.batch_size=4',
+                         "--config.model.backbone={'name': 'cnn', 'stages': [4], 'dense': [8]}", workdir,
+                         data_dir=data_dir)
+  assert code == 0, err
+  assert 'init=scratch' in err and 'step 2 eval accuracy' in err, err
+  code, out, quiet = run_cli('evaluate', workdir, data_dir=data_dir)
+  assert code == 0 and 'accuracy=' in out, quiet
+  for noise in NOISE:
+    assert noise not in err and noise not in quiet, (noise, err, quiet)
+  code, _, verbose = run_cli('evaluate', workdir, '--verbosity=-1', data_dir=data_dir)
+  assert code == 0 and 'Given directory is read only' in verbose and 'OpenCV is not installed' in verbose, verbose
