@@ -17,6 +17,10 @@ def base() -> ml_collections.ConfigDict:
   """All keys with neutral defaults: a small CNN, a linear head, Adam, no transfer, everything trains."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # What the run optimises and how it is measured (jaxtransfer/objectives/): 'classification' (one head,
+  # softmax cross-entropy, accuracy) | 'multitask' (one head per config.tasks entry, masked losses, mean AP).
+  # The objective owns the head, the label checks, the choice of training examples, the loss and metrics.
+  c.objective = 'classification'
 
   # The dataset, by catalog name (jaxtransfer/data/catalog.py): an embedded builder ('glyphs',
   # 'glyphs/small', 'real_digits', 'real_digits/mnist_t10k'), 'tfds:<name>[:<config>]' or 'imagefolder:<dir>'.
@@ -42,14 +46,14 @@ def base() -> ml_collections.ConfigDict:
   # --config.model.backbone="{'name': 'resnet', 'depth': [2, 2], 'width': 16}"
   c.model.backbone = ml_collections.FieldReference({'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
                                                    field_type=object)
-  c.model.head = 'linear'               # 'linear' | 'mlp' | 'multitask' (one head per config.tasks entry)
+  c.model.head = 'linear'               # classification head: 'linear' | 'mlp' (multi-task: see config.tasks)
   c.model.head_hidden = (128,)          # MLP head: one new Dense layer per entry
   c.model.head_dropout = 0.0
   c.model.num_outputs = 0               # 0 = the dataset's number of classes
 
-  # Multi-task runs (model.head = 'multitask', issue #3): the tasks, name -> {'kind': 'binary' | 'multilabel'
+  # Multi-task runs (objective = 'multitask', issue #3): the tasks, name -> {'kind': 'binary' | 'multilabel'
   # | 'classification' | 'regression', 'key': batch feature, 'index': its column, 'num_classes', 'num_outputs'}
-  # (see objectives.parse_tasks; data/builders/scenes.py `task_config` builds the scenes tasks).
+  # (see objectives/multitask.py parse_tasks; data/builders/scenes.py `task_config` builds the scenes tasks).
   c.tasks = ml_collections.ConfigDict()
   c.mtl = ml_collections.ConfigDict()
   c.mtl.weighting = 'equal'             # 'equal' | 'uncertainty' | 'gradnorm' | 'pcgrad' | 'cagrad' (weighting.py)
@@ -137,6 +141,7 @@ def finetune(init_from: str = '', trainable: str = 'all', per_class: int = 10) -
   c.train.checkpoint_every = 100
   c.train.log_every = 50
   return c
+
 
 # ------------------------------------------------------------------------------------------ validation
 

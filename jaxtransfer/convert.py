@@ -356,9 +356,6 @@ def efficientnet_lite_spec(variant: str = 'lite0', num_outputs: int = 1000) -> d
 def convert_efficientnet_lite(state_dict: Mapping[str, np.ndarray], variant: str = 'lite0'
                               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
   """(model spec, params, batch_stats) of the Flax EfficientNet-Lite holding `state_dict`'s weights."""
-  import jax
-  import jax.numpy as jnp
-
   from jaxtransfer.models import efficientnet
   from jaxtransfer.models import model as model_lib
 
@@ -366,7 +363,7 @@ def convert_efficientnet_lite(state_dict: Mapping[str, np.ndarray], variant: str
   spec = efficientnet_lite_spec(variant, num_outputs)
   model = model_lib.build(spec)
   size = efficientnet.VARIANTS[variant][2]
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+  abstract = model_lib.abstract(model, (size, size, 3))
   n_blocks = len(efficientnet.block_configs(variant))
   out = map_state_dict(state_dict, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']},
                        efficientnet_lite_rules(n_blocks))

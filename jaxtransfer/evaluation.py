@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxtransfer import checkpoint, objectives, sharding, train
+from jaxtransfer import checkpoint, objectives, sharding, steps
 from jaxtransfer.data import catalog, preprocess
 from jaxtransfer.models import model as model_lib
 
@@ -28,16 +28,13 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.mesh_from_config(config.mesh)
   pre = preprocess.from_config(config.input)
-  dummy = jax.numpy.zeros((1, *pre.output_shape(info.image_shape)), jax.numpy.float32)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
-  shardings = sharding.variable_shardings(config.mesh, abstract, mesh)  # FSDP-sized models stay sharded.
-  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  abstract = steps.abstract_variables(model, steps.input_shape(config, info.image_shape), config.mesh, mesh)
   params = checkpoint.restore_subtree(mngr, step, 'params', abstract['params'])
   stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
            if 'batch_stats' in abstract else {})
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
                         manual_dir=config.input.manual_dir or None)
   objective = objectives.from_config(config)
-  result = train.evaluate(jax.jit(train.make_eval_step(model, objective)), objective, params, stats, source,
+  result = steps.evaluate(jax.jit(steps.make_eval_step(model, objective)), objective, params, stats, source,
                           batch_size, mesh, pre)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

@@ -10,8 +10,9 @@ the head trains on them:
     metrics = linear_probe(config, cache=cache)          # = train.train(config) with trainable='head'
     acc = ridge_probe(tr.x[idx], tr.y[idx], te.x, te.y)  # closed form, milliseconds
 
-`linear_probe` trains with THE train step of the training loop (`train.make_train_step`, `optim.make`,
-the same head initialisation and the same batch order from `pipeline.train_batches`), on a model whose
+`linear_probe` trains with THE train step of the training loop (`steps.make_train_step`, `optim.make`,
+the same head initialisation, the same training examples and the same batch order from
+`pipeline.train_batches`), on a model whose
 backbone is the identity; only the backbone's forward pass is skipped, so it reaches the head a
 `trainable='head'` run reaches (tests/test_features.py). Closed-form probes (`ridge_probe`,
 `logistic_probe`) and `fewshot_curve` give few-shot accuracy at 1/5/10/… labels per class in seconds.
@@ -32,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import checkpoint, optim, rules, train, transfer
+from jaxtransfer import checkpoint, errors, objectives, optim, rules, steps, transfer
 from jaxtransfer.data import catalog, fewshot, pipeline
 from jaxtransfer.models import model as model_lib
 
@@ -63,7 +64,7 @@ def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ..
   spec = transfer.source_backbone_spec(source, drop_last)
   model = model_lib.build({'backbone': spec, 'head': {'name': 'linear', 'num_outputs': 1}})
   seed = 0 if random_seed is None else random_seed
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape))))(jax.random.key(seed))
+  variables = jax.jit(lambda k: model_lib.init(model, k, input_shape))(jax.random.key(seed))
   params, stats = variables['params'], variables.get('batch_stats', {})
   if random_seed is None:
     params, stats = transfer.init_from(source, params, stats, drop_last=drop_last)
@@ -162,9 +163,12 @@ def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | Non
   matches it (up to float reassociation); the backbone is run once per dataset instead of once per step.
   """
   if config.trainable != 'head':
-    raise ValueError(f"linear_probe needs trainable='head' (a frozen backbone), got {config.trainable!r}")
+    raise errors.ConfigError(f"linear_probe needs trainable='head' (a frozen backbone), got {config.trainable!r}")
   if not config.transfer.init_from:
-    raise ValueError('linear_probe needs transfer.init_from (the frozen backbone)')
+    raise errors.ConfigError('linear_probe needs transfer.init_from (the frozen backbone)')
+  objective = objectives.from_config(config)
+  if objective.name != 'classification':
+    raise errors.ConfigError(f'linear_probe trains classification heads, not objective={objective.name!r}')
   data_dir, manual_dir = config.input.data_dir or None, config.input.manual_dir or None
   cache = cache or FeatureCache(data_dir=data_dir, manual_dir=manual_dir)
   drop = config.transfer.drop_last_blocks
@@ -172,20 +176,18 @@ def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | Non
   te = cache.get(config.transfer.init_from, config.input.eval_data or config.data, config.input.eval_split,
                  drop_last=drop)
   info = catalog.info(config.data, data_dir=data_dir, manual_dir=manual_dir)
-  num_outputs = config.model.num_outputs or info.num_classes
-  train.check_labels(tr.y, num_outputs, f'{config.data} split {config.input.train_split}')
-  spec = train.model_spec(config, num_outputs)
-  full = model_lib.build(spec)
+  num_outputs = steps.num_outputs(config, info.num_classes)
+  indices = objective.train_examples(config, num_outputs)      # the examples train.train(config) trains on
+  full = model_lib.build(steps.model_spec(config, num_outputs, objective))
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
-  head_params = jax.jit(lambda k: full.init(k, dummy))(key_init)['params']['head']   # train.train's head init
+  # train.train's head initialisation: the same key, the same model, the same input shape.
+  head_params = jax.jit(lambda k: model_lib.init(full, k, steps.input_shape(config, info.image_shape)))(
+      key_init)['params']['head']
   model = model_lib.Model(backbone=Identity(), head=full.head)
   params = {'head': head_params}
   tx = optim.make(config.optim, rules.freeze_labels('all', params), config.train.steps)
   opt_state = tx.init(params)
-  step_fn = jax.jit(train.make_train_step(model, tx, ()), donate_argnums=(0, 2))
-  indices = (fewshot.k_per_class_indices(tr.y, config.input.per_class, config.input.subset_seed)
-             if config.input.per_class else None)
+  step_fn = jax.jit(steps.make_train_step(model, tx, (), objective), donate_argnums=(0, 2))
   batches = pipeline.train_batches(_FeatureSource(tr), batch_size=config.train.batch_size, seed=config.seed,
                                    indices=indices)
   for step in range(1, config.train.steps + 1):

@@ -188,7 +188,7 @@ def surgery(source: str, *, drop_last: int, head_hidden: tuple[int, ...], num_ou
           'head': ({'name': 'mlp', 'num_outputs': num_outputs, 'hidden': list(head_hidden)} if head_hidden
                    else {'name': 'linear', 'num_outputs': num_outputs})}
   model = model_lib.build(spec)
-  variables = model.init(key if key is not None else jax.random.key(0), jax.numpy.zeros((1, *input_shape)))
+  variables = model_lib.init(model, key if key is not None else jax.random.key(0), input_shape)
   params, _ = transfer.init_from(source, variables['params'], variables.get('batch_stats', {}), drop_last=drop_last)
   validate_surgery(params, backbone, drop_last=drop_last, head_hidden=tuple(head_hidden), num_outputs=num_outputs)
   return spec, params

@@ -17,7 +17,7 @@ TASKS = scenes.task_config(6, count='classification')
 def tiny_config(data_dir, **overrides):
   c = config_lib.base()
   c.data, c.input.data_dir = 'scenes/small', data_dir
-  c.model.backbone, c.model.head, c.tasks = TINY_CNN, 'multitask', TASKS
+  c.model.backbone, c.objective, c.tasks = TINY_CNN, 'multitask', TASKS
   c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 4, 16, 2, 2
   c.train.eval_batch_size = 64
   c.optim.lr = 1e-2
@@ -76,10 +76,10 @@ def test_bad_labels_fail_before_training(data_dir, tmp_path):
 
 def test_drop_policy_trains_only_fully_labelled_examples(data_dir):
   c = tiny_config(data_dir, **{'mtl.unknown_policy': 'drop'})
-  indices, n = train.multitask_indices(c, objectives.multitask(c.tasks), data_dir, None)
+  indices = objectives.from_config(c).train_examples(c, 0)
   from jaxtransfer.data import catalog
   labels = catalog.label_arrays('scenes/small', 'train', ['labels'], data_dir)['labels']
-  assert 0 < n < 256 and n == len(indices)
+  assert 0 < len(indices) < 256
   np.testing.assert_array_equal(indices, np.flatnonzero((labels >= 0).all(1)))
 
 

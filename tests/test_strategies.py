@@ -14,6 +14,7 @@ import pytest
 
 from jaxtransfer import config as config_lib
 from jaxtransfer import errors, finetune, optim, rules, train
+from jaxtransfer import steps as step_lib   # `steps` is a step count below
 from jaxtransfer.models import model as model_lib
 
 CNN = {'name': 'cnn', 'stages': [4, 8], 'dense': [16]}
@@ -46,7 +47,7 @@ def _run(model, params, stats, batch, cfg, trainable='all', steps=1, total=100, 
   out, all_stats, compiled = [params], [stats], {}
   for s in range(steps):
     fz = optim.frozen_blocks_at(labels, starts, s) if frozen is None else frozen
-    step = compiled.setdefault(fz, jax.jit(train.make_train_step(model, tx, fz)))
+    step = compiled.setdefault(fz, jax.jit(step_lib.make_train_step(model, tx, fz)))
     params, stats, opt_state, _ = step(params, stats, opt_state, batch, jax.random.key(s))
     out.append(params)
     all_stats.append(stats)
@@ -255,7 +256,7 @@ def test_train_loop_keeps_the_pretrained_anchor_and_recompiles_at_unfreezing(tin
   c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 4, 8, 4, 4
   c.seed = 1
   out = train.train(c, str(tmp_path / 'gradual'))
-  model = model_lib.build(train.model_spec(c, 62))
+  model = model_lib.build(step_lib.model_spec(c, 62))
   init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(1))[0])
   for block in ('block_0', 'block_1'):
     for part in ('params', 'batch_stats'):

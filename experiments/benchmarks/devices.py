@@ -34,7 +34,7 @@ def worker(backbone: str, steps: int, batch: int) -> dict:
   import numpy as np
 
   from jaxtransfer import config as config_lib
-  from jaxtransfer import optim, rules, sharding, train
+  from jaxtransfer import optim, rules, sharding, steps
   from jaxtransfer.models import model as model_lib
 
   mesh = sharding.make_mesh(-1)
@@ -48,7 +48,7 @@ def worker(backbone: str, steps: int, batch: int) -> dict:
   tx = optim.make(config_lib.base().optim, labels, 1000)
   opt_sh = sharding.mirror_specs(jax.eval_shape(tx.init, params), params, var_sh['params'])
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  step = jax.jit(train.make_train_step(model, tx, ()), donate_argnums=(0, 1, 2),
+  step = jax.jit(steps.make_train_step(model, tx, ()), donate_argnums=(0, 1, 2),
                  out_shardings=(var_sh['params'], var_sh.get('batch_stats', {}), opt_sh, sharding.replicated(mesh)))
   rng = np.random.default_rng(0)
   host = {'image': rng.random((batch, 28, 28, 1), np.float32), 'label': rng.integers(0, 62, batch).astype(np.int32)}

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmarks.feature_cache [--checkpoint=runs/demo/pretrain] [--out=runs/bench/feature_cache.json]
 
-Both sides use THE train step (`train.make_train_step` + `optim.make`, head-only labels) on the same
+Both sides use THE train step (`steps.make_train_step` + `optim.make`, head-only labels) on the same
 head; 'backbone' feeds images from the grain pipeline through the full model with the backbone frozen
 (XLA already drops its backward pass, so this is the fair baseline), 'cached' feeds the features
 extracted once (`features.extract`) from memory through a model whose backbone is the identity.
@@ -29,7 +29,7 @@ def main(argv=None):
   p.add_argument('--out', default='runs/bench/feature_cache.json')
   a = p.parse_args(argv)
   from jaxtransfer import config as config_lib
-  from jaxtransfer import features, optim, rules, runtime, train, transfer
+  from jaxtransfer import features, optim, rules, runtime, steps, transfer
   from jaxtransfer.data import catalog, pipeline
   from jaxtransfer.models import model as model_lib
   runtime.configure()
@@ -47,7 +47,7 @@ def main(argv=None):
   # Re-running the frozen backbone.
   labels = rules.freeze_labels('head', params)
   tx = optim.make(cfg, labels, 10 * steps)
-  step_full = jax.jit(train.make_train_step(model, tx, rules.frozen_blocks(labels)))
+  step_full = jax.jit(steps.make_train_step(model, tx, rules.frozen_blocks(labels)))
 
   def epoch_backbone(params, opt_state):
     batches = pipeline.train_batches(src, batch_size=a.batch_size, seed=0)
@@ -64,7 +64,7 @@ def main(argv=None):
   head_model = model_lib.Model(backbone=features.Identity(), head=model.head)
   hparams = {'head': params['head']}
   htx = optim.make(cfg, rules.freeze_labels('all', hparams), 10 * steps)
-  step_head = jax.jit(train.make_train_step(head_model, htx, ()))
+  step_head = jax.jit(steps.make_train_step(head_model, htx, ()))
   rng = np.random.default_rng(0)
 
   def epoch_cached(hp, hs):

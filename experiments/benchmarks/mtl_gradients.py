@@ -2,10 +2,10 @@
 
     python -m experiments.benchmarks.mtl_gradients [--batch_size=32] [--rounds=7] [--out=runs/bench/mtl_gradients.json]
 
-THE multi-task train step (`train.make_train_step` with a `weighting.Weighting`, jitted with the loop's
-buffer donation) of experiments/configs/multitask_scenes.py's model (two conv blocks 16-32, max pooling,
-six heads with a hidden layer of 64; everything trains) on one batch of random 48×48 scenes with 30 %
-unknown labels. Variants: equal (one backward pass), uncertainty, and GradNorm / PCGrad / CAGrad with
+THE multi-task train step (`steps.make_train_step` with the multi-task objective and its weighting
+method, jitted with the loop's buffer donation) of experiments/configs/multitask_scenes.py's model (two
+conv blocks 16-32, max pooling, six heads with a hidden layer of 64; everything trains) on one batch of
+random 48×48 scenes with 30 % unknown labels. Variants: equal (one backward pass), uncertainty, and GradNorm / PCGrad / CAGrad with
 their task gradients at the backbone output ('features') and at the shared parameters ('params').
 Variants run interleaved in rounds (one untimed call, then the mean of 3 timed ones); the JSON holds the
 median step time of each, its ratio to `equal`, and XLA's temporary-buffer bytes of the compiled step.
@@ -32,13 +32,12 @@ def main(argv=None) -> None:
   p.add_argument('--out', default='runs/bench/mtl_gradients.json')
   a = p.parse_args(argv)
   from experiments.configs import multitask_scenes
-  from jaxtransfer import objectives, optim, rules, runtime, train
+  from jaxtransfer import objectives, optim, rules, runtime, steps
   from jaxtransfer.models import model as model_lib
   runtime.configure()
 
   config = multitask_scenes.get_config('scenes/u30', init_from=None)
-  model = model_lib.build(train.model_spec(config, 0))
-  objective = objectives.from_config(config)
+  model = model_lib.build(steps.model_spec(config, 0))
   rng = np.random.default_rng(0)
   b = a.batch_size
   batch = {'image': jnp.asarray(rng.random((b, 48, 48, 1), np.float32)),
@@ -50,10 +49,11 @@ def main(argv=None) -> None:
   steps, state, temp_bytes = {}, {}, {}
   for method, where in VARIANTS:
     name = f'{method}/{where}' if method not in ('equal', 'uncertainty') else method
-    w = None if method == 'equal' else objectives.weighting_method(method)
-    fn = jax.jit(train.make_train_step(model, tx, (), objective, w, where), donate_argnums=(0, 1, 2))
+    config.mtl.weighting, config.mtl.task_gradients = method, where
+    objective = objectives.from_config(config)
+    fn = jax.jit(steps.make_train_step(model, tx, (), objective), donate_argnums=(0, 1, 2))
     params = jax.tree.map(jnp.array, variables['params'])
-    opt = tx.init(params) if w is None else {'tx': tx.init(params), 'weighting': w.init(6, jax.random.PRNGKey(0))}
+    opt = steps.opt_init(tx, objective)(params)
     args = (params, jax.tree.map(jnp.array, variables.get('batch_stats', {})), opt, batch, jax.random.key(1))
     compiled = fn.lower(*args).compile()
     mem = compiled.memory_analysis()

@@ -9,7 +9,7 @@
   custom_jvp      `backbones.max_pool` as shipped: reshape + max, the tangent of each window's first
                   maximum (select-and-scatter's gradient, ties included).
 
-All three steps are THE training step (`train.make_train_step` with the loop's donation, via
+All three steps are THE training step (`steps.make_train_step` with the loop's donation, via
 `run._Step`) of the same network, compiled in one process and timed in interleaved rounds (order
 alternating; per round and variant one untimed call, then the mean of 2) — the machine is noisy, only
 these side-by-side medians compare. Writes `<out>/pooling.json` and `<out>/pooling.md`.

@@ -27,7 +27,7 @@ computed from timings in its `raw` section:
   adam_state_over_trainable_bytes   optimizer-state bytes / trainable-parameter bytes with the backbone
                                     partly frozen (trainable='last:1'; target 2.0: Adam's mu and nu only)
 
-What is timed is THE code of the training loop: `train.make_train_step(model, optim.make(...), frozen)`
+What is timed is THE code of the training loop: `steps.make_train_step(model, optim.make(...), frozen)`
 jitted with the loop's buffer donation, `model.apply` for the forward, `catalog`/`pipeline` for data.
 The machine is shared and noisy, so nothing is timed alone: every variant is compiled first, then the
 variants run in rounds (per round and variant: one untimed call, then the mean of 3 timed calls; torch
@@ -108,7 +108,7 @@ def _setup(spec_backbone: dict, trainable: str, batch: int, seed: int = 0):
   import numpy as np
 
   from jaxtransfer import config as config_lib
-  from jaxtransfer import optim, rules, train
+  from jaxtransfer import optim, rules, steps
   from jaxtransfer.models import model as model_lib
 
   key = json.dumps(spec_backbone, sort_keys=True)
@@ -122,7 +122,7 @@ def _setup(spec_backbone: dict, trainable: str, batch: int, seed: int = 0):
   frozen = rules.frozen_blocks(labels)
   tx = optim.make(config_lib.base().optim, labels, 1000)
   opt_state = tx.init(params)
-  step = jax.jit(train.make_train_step(model, tx, frozen), donate_argnums=(0, 1, 2))
+  step = jax.jit(steps.make_train_step(model, tx, frozen), donate_argnums=(0, 1, 2))
   rng = np.random.default_rng(seed)
   host = {'image': rng.random((batch, *IMAGE), np.float32),
           'label': rng.integers(0, NUM_OUTPUTS, batch).astype(np.int32)}
@@ -347,7 +347,7 @@ def experiment_worker(batch: int, rounds: int, devices: int) -> dict:
   import numpy as np
 
   from jaxtransfer import config as config_lib
-  from jaxtransfer import optim, rules, sharding, train
+  from jaxtransfer import optim, rules, sharding, steps
   from jaxtransfer.models import model as model_lib
   import jax.numpy as jnp
 
@@ -358,7 +358,7 @@ def experiment_worker(batch: int, rounds: int, devices: int) -> dict:
   labels = rules.freeze_labels('all', params)
   tx = optim.make(config_lib.base().optim, labels, 1000)
   opt_state = jax.jit(tx.init, out_shardings=rep)(params)
-  step = jax.jit(train.make_train_step(model, tx, ()), donate_argnums=(0, 1, 2), out_shardings=rep)
+  step = jax.jit(steps.make_train_step(model, tx, ()), donate_argnums=(0, 1, 2), out_shardings=rep)
   rng = np.random.default_rng(0)
   host = {'image': rng.random((batch, *IMAGE), np.float32), 'label': rng.integers(0, NUM_OUTPUTS, batch).astype(np.int32)}
   b = sharding.shard_batch(host, mesh)

@@ -29,7 +29,7 @@ def get_config(data: str = 'scenes/u30', init_from: str | None = PRETRAIN, steps
   c.model.backbone = dict(BACKBONE)
   c.transfer.drop_last_blocks = 1
   c.transfer.init_from = init_from or ''
-  c.model.head = 'multitask'
+  c.objective = 'multitask'
   c.tasks = scenes.task_config(6)
   c.mtl.head_hidden = (64,)
   c.optim.lr = 3e-3

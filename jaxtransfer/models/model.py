@@ -6,7 +6,7 @@ The spec is saved in every checkpoint, so a checkpoint alone is enough to rebuil
   spec = {'backbone': {'name': 'cnn', 'stages': [16, 32], 'dense': [128]},
           'head': {'name': 'linear', 'num_outputs': 10}}
   model = build(spec)
-  variables = model.init(key, jnp.zeros((1, 28, 28, 1)))
+  variables = init(model, key, (28, 28, 1))     # {'params': …, 'batch_stats': …}
 """
 
 import copy
@@ -15,7 +15,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from jaxtransfer import errors
 from jaxtransfer.models.backbones import BACKBONES
 from jaxtransfer.models.heads import HEADS
 
@@ -38,11 +40,11 @@ def _build_part(registry: Mapping[str, type[nn.Module]], spec: Mapping[str, Any]
   kwargs = dict(spec)
   name = kwargs.pop('name', None)
   if name not in registry:
-    raise ValueError(f'unknown {what} {name!r}; known: {", ".join(sorted(registry))}')
+    raise errors.ConfigError(f'unknown {what} {name!r}; known: {", ".join(sorted(registry))}')
   try:
     return registry[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
   except TypeError as e:
-    raise ValueError(f'bad {what} spec {dict(spec)}: {e}') from None
+    raise errors.ConfigError(f'bad {what} spec {dict(spec)}: {e}') from None
 
 
 def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
@@ -55,6 +57,40 @@ def build(spec: Mapping[str, Any]) -> Model:
   return Model(backbone=build_backbone(spec['backbone']), head=_build_part(HEADS, spec['head'], 'head'))
 
 
+def init(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
+  """The model's initial variables for inputs of shape `input_shape` (one example, no batch axis).
+
+  Initialisers see one all-zero example: parameter shapes depend only on the input shape. Pure, so it can
+  be jitted (with `out_shardings`) or traced with `jax.eval_shape` (see `abstract`).
+  """
+  return model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
+
+
+def abstract(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+  """The `jax.ShapeDtypeStruct` tree of `init(model, key, input_shape)`, without computing anything."""
+  return jax.eval_shape(lambda k: init(model, k, input_shape), jax.random.key(0))
+
+
+def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  """The variables of `Model.apply`: params, and BatchNorm statistics when the backbone has them."""
+  return {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
+
+
+def split_frozen(params: Any, frozen: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+  """(params without the frozen backbone blocks, the frozen blocks): a train step differentiates only the
+  first, so no backward pass through frozen blocks is ever traced (not left to XLA to remove)."""
+  if not frozen:
+    return params, {}
+  backbone = params['backbone']
+  return ({**params, 'backbone': {k: v for k, v in backbone.items() if k not in frozen}},
+          {k: v for k, v in backbone.items() if k in frozen})
+
+
+def merge_frozen(params: Any, fixed: dict[str, Any]) -> Any:
+  """Inverse of `split_frozen`."""
+  return {**params, 'backbone': {**params['backbone'], **fixed}} if fixed else params
+
+
 def num_blocks(backbone_spec: Mapping[str, Any]) -> int:
   """How many blocks the backbone has after its own `drop_last`."""
   return len(build_backbone(backbone_spec).block_modules())
@@ -63,10 +99,10 @@ def num_blocks(backbone_spec: Mapping[str, Any]) -> int:
 def drop_last_blocks(backbone_spec: Mapping[str, Any], k: int) -> Spec:
   """The spec of the same backbone with its last `k` blocks removed (surgery before transfer)."""
   if k < 0:
-    raise ValueError(f'drop_last_blocks: k must be ≥ 0, got {k}')
+    raise errors.ConfigError(f'transfer.drop_last_blocks: k must be ≥ 0, got {k}')
   n = num_blocks(backbone_spec)
   if k >= n:
-    raise ValueError(f'drop_last_blocks: cannot drop {k} of the backbone\'s {n} blocks (at least one must stay)')
+    raise errors.ConfigError(f'transfer.drop_last_blocks: cannot drop {k} of the backbone\'s {n} blocks (at least one must stay)')
   spec = copy.deepcopy(dict(backbone_spec))
   spec['drop_last'] = spec.get('drop_last', 0) + k
   return spec

@@ -1,0 +1,284 @@
+"""Multi-task learning (issue #3): a dict of heads over one backbone, one masked loss per task.
+
+Tasks come from `config.tasks` (`parse_tasks`); unknown labels are left out of the loss ('mask'), counted
+as negatives ('negative') or their examples dropped from training ('drop', done by `train_examples`).
+With `config.mtl.weighting` other than 'equal' the task gradients are combined by a `jaxtransfer.weighting`
+method, whose state is this objective's state: `opt_state = {'tx': …, 'weighting': …}`, checkpointed
+and resumed with the optimizer's.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxtransfer import errors, losses, metrics, weighting
+from jaxtransfer.data import catalog
+from jaxtransfer.models import model as model_lib
+from jaxtransfer.objectives import base
+
+Batch = base.Batch
+
+
+class TaskDef(NamedTuple):
+  """One task of a multi-task run, as declared in `config.tasks[name]`.
+
+  kind / num_classes: see `losses.Task`. key: the batch feature holding the labels; index: the column
+  of that feature (None = the whole feature, e.g. a 'multilabel' task's (B, K) array or a scalar
+  feature). outputs: the head's width (binary 1, multilabel / classification num_classes, regression
+  `num_outputs`, default 1).
+  """
+  name: str
+  task: losses.Task
+  key: str
+  index: int | None
+  outputs: int
+
+
+UNKNOWN_POLICIES = ('mask', 'negative', 'drop')
+TASK_GRADIENTS = ('features', 'params')
+WEIGHTINGS = {'equal': weighting.equal, 'uncertainty': weighting.uncertainty, 'gradnorm': weighting.gradnorm,
+              'pcgrad': weighting.pcgrad, 'cagrad': weighting.cagrad}
+_WEIGHTING_SEED = 0x5747      # the weighting state's key: PRNGKey(config.seed + this), a raw uint32 key
+
+
+def parse_tasks(tasks: Any) -> tuple[TaskDef, ...]:
+  """`config.tasks` (name → {'kind', 'num_classes'?, 'key'?, 'index'?, 'num_outputs'?}) → TaskDefs.
+
+  Example (the scenes presence tasks and the object count as a softmax task):
+    {'has_0': {'kind': 'binary', 'key': 'labels', 'index': 0}, …,
+     'count': {'kind': 'classification', 'num_classes': 5, 'key': 'count'}}
+  """
+  if not tasks:
+    raise errors.ConfigError('a multi-task run needs config.tasks: name -> {kind, key, index, num_classes}')
+  out = []
+  for name, spec in dict(tasks).items():
+    spec = dict(spec)
+    unknown_keys = set(spec) - {'kind', 'num_classes', 'key', 'index', 'num_outputs'}
+    if unknown_keys:
+      raise errors.ConfigError(f'tasks.{name}: unknown keys {sorted(unknown_keys)}')
+    try:
+      task = losses.as_task(losses.Task(spec['kind'], spec.get('num_classes')))
+    except (KeyError, ValueError) as e:
+      raise errors.ConfigError(f'tasks.{name}: {e}') from None
+    if task.kind in ('multilabel', 'classification') and not task.num_classes:
+      raise errors.ConfigError(f'tasks.{name}: a {task.kind} task needs num_classes')
+    outputs = {'binary': 1, 'multilabel': task.num_classes, 'classification': task.num_classes,
+               'regression': spec.get('num_outputs', 1)}[task.kind]
+    index = spec.get('index')
+    out.append(TaskDef(name, task, spec.get('key', name), None if index is None else int(index), int(outputs)))
+  return tuple(out)
+
+
+def head_outputs(tasks: Sequence[TaskDef]) -> dict[str, int]:
+  """name → output width, the `outputs` of a `MultiTaskHead` spec."""
+  return {t.name: t.outputs for t in tasks}
+
+
+def task_labels(tasks: Sequence[TaskDef], batch: Batch, *, true: bool = False) -> dict[str, Any]:
+  """name → the task's labels taken from the batch ('true_<key>' when `true` and the batch has it).
+
+  Regression labels come as float (NaN = unknown); the others as they are stored.
+  """
+  out = {}
+  for t in tasks:
+    key = f'true_{t.key}' if true and f'true_{t.key}' in batch else t.key
+    if key not in batch:
+      raise errors.DataError(f'task {t.name!r}: the batch has no feature {key!r} (features: {", ".join(batch)})')
+    label = batch[key] if t.index is None else batch[key][:, t.index]
+    out[t.name] = label.astype(jnp.float32) if t.task.kind == 'regression' else label
+  return out
+
+
+def weighting_method(name: str) -> weighting.Weighting:
+  """The `jaxtransfer.weighting` method named by `config.mtl.weighting` (default hyper-parameters)."""
+  if name not in WEIGHTINGS:
+    raise errors.ConfigError(f'mtl.weighting: unknown method {name!r}; known: {", ".join(WEIGHTINGS)}')
+  return WEIGHTINGS[name]()
+
+
+def _per_example_loss(task: losses.Task, output: jax.Array, label: jax.Array) -> jax.Array:
+  """(B,) loss of each example on one task, NaN where the label is unknown (host-side averaging)."""
+  if task.kind in ('binary', 'multilabel'):
+    output, label = output.reshape(output.shape[0], -1), label.reshape(label.shape[0], -1)
+    known = label >= 0
+    bce = optax.sigmoid_binary_cross_entropy(output, (label > 0).astype(output.dtype))
+    total = jnp.sum(jnp.where(known, bce, 0.0), axis=1) / jnp.maximum(jnp.sum(known, axis=1), 1)
+    return jnp.where(jnp.any(known, axis=1), total, jnp.nan)
+  if task.kind == 'classification':
+    label = label.reshape(-1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(output, jnp.where(label >= 0, label, 0).astype(jnp.int32))
+    return jnp.where(label >= 0, ce, jnp.nan)
+  label = label.reshape(output.shape)
+  return jnp.nanmean(jnp.square(output - label).reshape(output.shape[0], -1), axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultiTask(base.Objective):
+  """Heterogeneous multi-task objective over a dict of heads (`MultiTaskHead`).
+
+  loss: `losses.multitask_loss` (each task's mean over its known labels, summed with `weights`, default
+  1), train metrics `loss/<task>`. `unknown_policy`: 'mask' leaves unknown labels out (the seed notes'
+  loss); 'negative' treats an unknown sigmoid label as 0 (the naive baseline of experiment 6a); 'drop'
+  trains only on fully labelled examples (`train_examples`), so the loss is 'mask'.
+  per_example: the outputs ('score/<task>') and the labels to evaluate on ('label/<task>': the TRUE
+  labels when the batch carries 'true_<key>', so a split with hidden labels is scored on all of them),
+  plus the per-example loss ('nll/<task>', NaN where unknown). summarize: `metrics.multitask_metrics`
+  (per-task accuracy / auc / ap / mse and `mean_ap`) and `loss` = Σ_t mean nll.
+  `method` (None = equal weights, plain sum): a `weighting.Weighting` whose task weights come from the
+  per-task losses or gradients (`grads`), its state under `opt_state['weighting']`, initialised with
+  `weighting_key`; `task_gradients`: where a gradient method takes them ('features' | 'params', see `grads`).
+  """
+  tasks: tuple[TaskDef, ...]
+  weights: Mapping[str, float] | None = None
+  unknown_policy: str = 'mask'
+  method: weighting.Weighting | None = None
+  task_gradients: str = 'features'
+  weighting_key: Any = None
+
+  name = 'multitask'
+
+  def __post_init__(self):
+    if self.unknown_policy not in UNKNOWN_POLICIES:
+      raise errors.ConfigError(f'mtl.unknown_policy: {self.unknown_policy!r} is not one of {UNKNOWN_POLICIES}')
+    if self.task_gradients not in TASK_GRADIENTS:
+      raise errors.ConfigError(f"mtl.task_gradients: expected 'features' or 'params', got {self.task_gradients!r}")
+
+  @property
+  def spec(self) -> dict[str, losses.Task]:
+    return {t.name: t.task for t in self.tasks}
+
+  @property
+  def names(self) -> list[str]:
+    return [t.name for t in self.tasks]
+
+  def _train_labels(self, batch):
+    labels = task_labels(self.tasks, batch)
+    if self.unknown_policy == 'negative':
+      spec = self.spec
+      labels = {n: jnp.maximum(v, 0) if spec[n].kind in ('binary', 'multilabel') else v for n, v in labels.items()}
+    return labels
+
+  def task_losses(self, outputs: Any, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """((T,) per-task losses in task order, {'loss/<task>': scalar})."""
+    _, per_task = losses.multitask_loss(outputs, self._train_labels(batch), self.spec)
+    return jnp.stack([per_task[n] for n in self.names]), {f'loss/{n}': per_task[n] for n in self.names}
+
+  def present(self, batch: Batch) -> jax.Array:
+    """(T,) bool: the tasks with at least one known (training) label in the batch."""
+    return jnp.stack(list(losses.present_tasks(self._train_labels(batch), self.spec).values()))
+
+  def loss(self, outputs, batch):
+    total, per_task = losses.multitask_loss(outputs, self._train_labels(batch), self.spec, self.weights)
+    return total, {f'loss/{n}': v for n, v in per_task.items()}
+
+  def per_example(self, outputs, batch):
+    labels = task_labels(self.tasks, batch, true=True)
+    out = {}
+    for t in self.tasks:
+      out[f'score/{t.name}'] = outputs[t.name]
+      out[f'label/{t.name}'] = labels[t.name]
+      out[f'nll/{t.name}'] = _per_example_loss(t.task, outputs[t.name], labels[t.name])
+    return out
+
+  def summarize(self, values):
+    names = self.names
+    result = metrics.multitask_metrics({n: values[f'score/{n}'] for n in names},
+                                       {n: values[f'label/{n}'] for n in names}, self.spec)
+    nll = {n: values[f'nll/{n}'] for n in names}
+    result['loss'] = float(sum(np.nanmean(v) if np.isfinite(v).any() else 0.0 for v in nll.values()))
+    return result
+
+  def head(self, config: ml_collections.ConfigDict, num_outputs: int) -> dict[str, Any]:
+    """One head per task (params head/<task>/…), `mtl.head_hidden` hidden layers each."""
+    del num_outputs
+    return {'name': 'multitask', 'outputs': head_outputs(self.tasks), 'hidden': list(config.mtl.head_hidden),
+            'dropout': config.model.head_dropout}
+
+  def train_examples(self, config: ml_collections.ConfigDict, num_outputs: int) -> np.ndarray | None:
+    """Validate every training label (host side, one line naming the task on error) and pick the training
+    examples: all, or with `mtl.unknown_policy='drop'` only the fully labelled ones."""
+    del num_outputs
+    if config.input.per_class:
+      raise errors.ConfigError('input.per_class (k per class) does not apply to multi-task runs; slice the split '
+                               'instead')
+    keys = sorted({t.key for t in self.tasks})
+    arrays = catalog.label_arrays(config.data, config.input.train_split, keys, config.input.data_dir or None,
+                                  manual_dir=config.input.manual_dir or None)
+    labels = task_labels(self.tasks, arrays)
+    losses.validate_multitask_labels(labels, self.spec)
+    if self.unknown_policy != 'drop':
+      return None
+    n = len(arrays[keys[0]])
+    known = np.ones(n, bool)
+    for t in self.tasks:
+      lab = np.asarray(labels[t.name]).reshape(n, -1)
+      known &= ~np.isnan(lab).any(1) if t.task.kind == 'regression' else (lab >= 0).all(1)
+    if not known.any():
+      raise errors.DataError(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
+                             f'split {config.input.train_split}')
+    return np.flatnonzero(known)
+
+  @property
+  def has_state(self) -> bool:
+    return self.method is not None
+
+  def init_state(self, params):
+    del params
+    if self.method is None:
+      return {}
+    return {'weighting': self.method.init(len(self.tasks), self.weighting_key)}
+
+  def grads(self, fwd, trainable, state, batch, key):
+    """Equal weights: the default (one backward pass of the summed loss). With a weighting method:
+    `task_gradients='features'` takes the Gram matrix of the per-task gradients at the backbone's output
+    (one backbone backward pass, `weighting.weighted_grads_at_features`); 'params' at the shared
+    parameters (T backbone backward passes, `weighting.weighted_grads`)."""
+    if self.method is None:
+      return super().grads(fwd, trainable, state, batch, key)
+    method, x = self.method, batch[self.input_key]
+    if self.task_gradients == 'features' and method.needs_gram:
+      def features_fn(backbone):
+        return fwd.apply({'backbone': backbone}, x, None, method=model_lib.Model.features)
+
+      def heads_fn(head, z):
+        outputs = fwd.model.apply({'params': {'head': head}}, z, method=lambda m, z: m.head(z, train=True),
+                                  rngs={'dropout': key})
+        return self.task_losses(outputs, batch)
+      (g_backbone, g_head), w_state, info = weighting.weighted_grads_at_features(
+          method, features_fn, heads_fn, trainable['backbone'], trainable['head'], state['weighting'],
+          self.present(batch))
+      grads = {'backbone': g_backbone, 'head': g_head}
+      new_stats, metrics_ = info.aux
+    else:
+      def loss_fn(p):
+        outputs, new_stats = fwd.apply(p, x, key)
+        per_task, metrics_ = self.task_losses(outputs, batch)
+        return per_task, (metrics_, new_stats)
+      grads, w_state, info = weighting.weighted_grads(method, loss_fn, trainable, state['weighting'],
+                                                      self.present(batch), vectorize=False)
+      metrics_, new_stats = info.aux
+    metrics_ = {**metrics_, **{f'weight_{n}': info.weights.shared[i] for i, n in enumerate(self.names)}}
+    return grads, new_stats, {**state, 'weighting': w_state}, {'loss': jnp.sum(info.losses), **metrics_}
+
+
+def multitask(tasks: Any, weights: Mapping[str, float] | None = None, unknown_policy: str = 'mask',
+              method: weighting.Weighting | None = None, task_gradients: str = 'features',
+              weighting_key: Any = None) -> MultiTask:
+  """The multi-task objective of `tasks` (`config.tasks` or a sequence of `TaskDef`s); see `MultiTask`."""
+  defs = tuple(tasks) if tasks and isinstance(next(iter(tasks)), TaskDef) else parse_tasks(tasks)
+  return MultiTask(defs, weights, unknown_policy, method, task_gradients, weighting_key)
+
+
+def from_config(config: ml_collections.ConfigDict) -> MultiTask:
+  """`config.tasks`, `config.mtl.unknown_policy`, `.weighting` ('equal' = no method) and `.task_gradients`."""
+  name = config.mtl.weighting
+  method = None if name == 'equal' else weighting_method(name)
+  key = jax.random.PRNGKey(config.seed + _WEIGHTING_SEED) if method is not None else None
+  return multitask(config.tasks, unknown_policy=config.mtl.unknown_policy, method=method,
+                   task_gradients=config.mtl.task_gradients, weighting_key=key)
