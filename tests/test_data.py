@@ -356,3 +356,19 @@ def test_process_slices_make_up_the_global_batch():
   assert sorted(seen.tolist()) == list(range(37))
   with pytest.raises(ValueError, match='divisible'):
     pipeline.train_batches(src, batch_size=9, seed=0, process_count=2)
+
+
+@pytest.mark.parametrize('split, message', [('trian', "unknown split 'trian' \\(splits: "),
+                                            ('train[:x]', "bad split 'train\\[:x\\]'"),
+                                            ('train+tset', "unknown split 'tset'")])
+def test_bad_split_is_a_data_error_naming_it(data_dir, split, message):
+  catalog.load('real_digits', 'train[:1%]', data_dir=data_dir)   # a valid slice passes
+  with pytest.raises(errors.DataError, match=message):
+    catalog.load('real_digits', split, data_dir=data_dir)
+
+
+@pytest.mark.parametrize('value', ['abc', '8xq', 'x8', '-3'])
+def test_bad_size_string_is_a_config_error(value):
+  from jaxtransfer.data import preprocess
+  with pytest.raises(errors.ConfigError, match='input.resize'):
+    preprocess._size(value, 'input.resize')  # pylint: disable=protected-access

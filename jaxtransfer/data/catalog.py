@@ -197,9 +197,22 @@ def load(name: str, split: str, *, data_dir: str | None = None,
   local files, i.e. real_digits/mnist_t10k).
   """
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+  check_split(b, name, split)
   if _kind(name) == 'tfds':
     return _tfds_source(b, parse_tfds_name(name), split)
   return b.as_data_source(split)
+
+
+def check_split(b: tfds.core.DatasetBuilder, name: str, split: str) -> None:
+  """Raise a one-line DataError unless `split` is a valid TFDS split spec over the splits `b` has."""
+  known = list(b.info.splits)
+  try:
+    used = {r.splitname for r in tfds.core.ReadInstruction.from_spec(split).to_absolute(_AnySplit())}
+  except (ValueError, AssertionError) as e:   # TFDS's own split grammar ('train[:10%]+test[5:]')
+    raise errors.DataError(f'{name}: bad split {split!r}: {" ".join(str(e).split())}') from None
+  unknown = sorted(used - set(known))
+  if known and unknown:   # (a builder whose info lists no splits leaves the check to TFDS)
+    raise errors.DataError(f'{name}: unknown split {unknown[0]!r} (splits: {", ".join(known)})')
 
 
 def _supervised_keys(b: tfds.core.DatasetBuilder) -> tuple[str, str]:

@@ -47,6 +47,8 @@ def _size(value: Any, what: str) -> tuple[int, int] | None:
     return None
   if isinstance(value, str):
     h, _, w = value.lower().partition('x')
+    if not (h.strip().isdigit() and (w.strip().isdigit() or not w)):
+      raise errors.ConfigError(f'{what}: expected a size H or HxW, got {value!r}')
     value = (int(h), int(w or h))
   elif isinstance(value, (int, np.integer)):
     value = (int(value), int(value))
