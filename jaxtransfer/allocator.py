@@ -1,13 +1,12 @@
 """Keep freed heap memory in the process, so XLA:CPU's per-step buffers are not page-faulted in anew.
 
-XLA:CPU allocates every execution's temporary buffer with malloc and frees it at the end (the demo
-CNN's training step at batch 128: one 84.8 MB buffer). glibc serves an allocation that large with a
-fresh `mmap` and returns it with `munmap` — always from XLA's worker threads, whose per-thread arenas
-fall back to mmap whatever `M_MMAP_MAX` says — so the kernel zero-fills and maps every page again at
-each step: 20,700 minor page faults and 60–70 ms of system time per 150 ms step on this machine
-(`experiments/benchmarks/run.py` measures it; BUILD_NOTES.md "Performance"). The fix is what a
-caching allocator does: one malloc arena for all threads, no mmap'd chunks, no trimming, so a freed
-buffer is reused by the next step in place (0 faults per step).
+XLA:CPU allocates every execution's temporary buffer with malloc and frees it at the end (tens of MB
+for a training step). glibc serves an allocation that large with a fresh `mmap` and returns it with
+`munmap` — always from XLA's worker threads, whose per-thread arenas fall back to mmap whatever
+`M_MMAP_MAX` says — so the kernel zero-fills and maps every page again at each step, a large share of
+the step's time (`experiments/benchmarks/run.py` measures it; numbers in BUILD_NOTES.md "Performance").
+The fix is what a caching allocator does: one malloc arena for all threads, no mmap'd chunks, no
+trimming, so a freed buffer is reused by the next step in place (no page faults per step).
 
 `keep_freed_memory()` sets that with `mallopt`; `runtime.configure()` calls it (before XLA starts its
 threads). Importing jaxtransfer does not. Cost: the process keeps its peak heap instead of returning it

@@ -30,21 +30,12 @@ projection and simplex — no division by a zero norm, no NaN.
 **Per-task gradients and their cost.** `per_task_grads` runs one forward pass and T backward
 passes — vmapped over the rows of the identity (`jax.vjp` + `jax.vmap`, i.e. `jax.jacrev`;
 `vectorize=True`, the default) or one after another with `jax.lax.map` (`vectorize=False`) — and
-keeps the full Jacobian over the parameters: T × |params| floats. Measured here (2 CPU cores
-shared with other jobs, load average 7–10, so times are ±50 %; the XLA memory figures from
-`compiled.memory_analysis()` are exact): MLP backbone 784-1024-1024-512 (2.4 M shared params),
-T linear heads, batch 256, jitted train-step gradients, median of 15:
-
-  T    one backward (equal, UW)   PCGrad vmap          PCGrad lax.map       Jacobian
-  2    80–175 ms,  4 MB temp      190–280 ms,  25 MB   130–210 ms,  22 MB    19 MB
-  8    80–175 ms,  4 MB temp      0.7–1.3 s,  110 MB   0.7 s,       79 MB    76 MB
-  32   80–160 ms,  4 MB temp      3.8–5.6 s,  440 MB   3.4–4.9 s,  310 MB   306 MB
-
-So the gradient methods (GradNorm, PCGrad, CAGrad) cost about T backward passes and T copies of
-the gradient (the Gram matrix, PCGrad's projections and CAGrad's 1000-step simplex solve are
-T × T work, ~1 ms), while equal and uncertainty weighting cost exactly one backward pass
-(`weighted_grads` skips the Jacobian when `needs_gram` is False). On this CPU `vectorize=False`
-was faster and lighter (the vmapped backward's batched matmuls are slow on CPU, and its
+keeps the full Jacobian over the parameters: T × |params| floats (time and memory per T are
+measured in BUILD_NOTES.md "Performance"). So the gradient methods (GradNorm, PCGrad, CAGrad)
+cost about T backward passes and T copies of the gradient (the Gram matrix, PCGrad's projections
+and CAGrad's 1000-step simplex solve are T × T work, negligible), while equal and uncertainty
+weighting cost exactly one backward pass (`weighted_grads` skips the Jacobian when `needs_gram`
+is False). On a CPU `vectorize=False` was faster and lighter (the vmapped backward's batched matmuls are slow on CPU, and its
 temporaries grow with T); the vmapped form is the usual choice on accelerators.
 
 **Gradients at the shared representation** (`weighted_grads_at_features`, the training loop's

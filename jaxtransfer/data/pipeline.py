@@ -20,8 +20,8 @@ have batch_size // process_count rows). With process_count=1 nothing changes.
 Batches, not examples, are grain's elements: batch s is read from the source with one `__getitems__`
 call (array_record reads a batch in one go) or gathered from memory — a source whose examples fit in
 `cache_bytes` is read once and kept as arrays (a few-shot subset, the 50k glyphs). Per-example grain
-transformations cost ~0.3 ms an example and 12 s per 200 batches of a 10-example subset (an epoch per
-10 elements); see BUILD_NOTES.md.
+transformations were much slower, above all for small subsets (an epoch per few elements); numbers in
+BUILD_NOTES.md.
 
 Prefetching: `to_iter_dataset(grain.ReadOptions(num_threads, prefetch_buffer_size))` assembles
 whole batches in background threads, so the host work overlaps the device step. `worker_count > 0`

@@ -1,11 +1,12 @@
 """A drop-in `conv_general_dilated` for `nn.Conv` that computes few-input-channel convolutions as taps.
 
 Why: XLA:CPU runs a convolution whose input has one or three channels (the first layer on grey or RGB
-images) at ~5 GFLOP/s — the demo CNN's 1 → 16 3×3 conv on 128 images of 28×28 took 5.6–5.9 ms, about
-as long as its 16 → 16 neighbour with 16× the FLOPs (BUILD_NOTES.md, Performance). With kh·kw·C_in ≤ 27 the
-convolution is a short sum of shifted images times kernel taps, `Σ_ijc x[:, i:, j:, c] · w[i, j, c]`,
-which XLA fuses into one elementwise loop: 0.7–0.9 ms for that layer. The backward pass keeps XLA's own
-transposed convolutions (`jax.linear_transpose` of `lax.conv_general_dilated`), which are not slow here.
+images) at a small fraction of its usual FLOP rate — about as long as a neighbouring layer with many
+times the FLOPs (numbers in BUILD_NOTES.md "Performance"; experiments/benchmarks/convs.py measures them).
+With kh·kw·C_in ≤ 27 the convolution is a short sum of shifted images times kernel taps,
+`Σ_ijc x[:, i:, j:, c] · w[i, j, c]`, which XLA fuses into one elementwise loop, several times faster.
+The backward pass keeps XLA's own transposed convolutions (`jax.linear_transpose` of
+`lax.conv_general_dilated`), which are not slow here.
 
 Anything else — strides, dilation, groups, more taps, other layouts — goes to `lax.conv_general_dilated`
 unchanged, so `nn.Conv(..., conv_general_dilated=conv_general_dilated)` has the same parameters and

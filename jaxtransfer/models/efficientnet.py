@@ -102,8 +102,8 @@ class DepthwiseConv(nn.Module):
   """k×k depthwise convolution (no bias, TF 'SAME' padding) as a sum of k² shifted, scaled copies.
 
   Same parameter (`kernel`, (k, k, 1, C)) and the same numbers as `nn.Conv(feature_group_count=C)`,
-  but XLA's CPU backend runs grouped convolutions slowly: this form measured ~4.7× faster for one
-  5×5 stride-2 layer (batch 32, 56×56×144) and makes the whole lite0 forward several times faster.
+  but XLA's CPU backend runs grouped convolutions slowly: this form is several times faster per layer
+  and for the whole lite0 forward (numbers in BUILD_NOTES.md "Performance").
   """
   kernel_size: int
   stride: int = 1
