@@ -1,5 +1,6 @@
-"""Shared by the experiments/multitask_*.py scripts: run a grid of multi-task configs over seeds through
-THE training loop (`train.train`), and write results.md / results.json / PNG plots (mean ± std over seeds).
+"""Shared by the experiments/multitask_*.py scripts: the glyph pretraining they start from, and a grid of
+multi-task configs over seeds run by the sweep runner (jaxtransfer/sweep.py) through THE training loop;
+the scripts write results.md / results.json / results.png with `sweep.write_results` (mean ± std, ddof=1).
 
 A finished run leaves `final.json` in its workdir and is not run again, so a script interrupted half-way
 continues where it stopped.
@@ -8,18 +9,17 @@ continues where it stopped.
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from absl import flags
 
 from experiments.configs import multitask_scenes
-from jaxtransfer import checkpoint, config, runtime, train
+from jaxtransfer import checkpoint, config, errors, runtime, sweep, train
 
 flags.DEFINE_string('pretrain', multitask_scenes.PRETRAIN,
                     'Glyph pretraining workdir (config.pretrain()); trained there first if it holds no checkpoint.')
+flags.DEFINE_integer('workers', 1, 'Worker processes for the runs (sweep.run).')
 
 log = logging.getLogger('experiments')
 
@@ -37,7 +37,7 @@ def pretrained(stages: Sequence[int] | None = None, path: str | None = None) -> 
   c = config.pretrain()
   if stages is not None and list(stages) != list(c.model.backbone['stages']):
     if path is None:
-      raise ValueError(f'pretrained(stages={list(stages)}): a workdir for the non-default width is needed')
+      raise errors.ConfigError(f'pretrained(stages={list(stages)}): a workdir for the non-default width is needed')
     c.model.backbone = {**c.model.backbone, 'stages': list(stages)}
   else:
     path = flags.FLAGS.pretrain
@@ -49,80 +49,37 @@ def pretrained(stages: Sequence[int] | None = None, path: str | None = None) -> 
   return path
 
 
-def run(config, workdir: str) -> dict[str, float] | None:
-  """Final test metrics of one run (cached in `workdir/final.json`); None if the config has no
-  training example (unknown_policy='drop' with no fully labelled example), recorded as such."""
-  done = os.path.join(workdir, 'final.json')
-  if os.path.exists(done):
-    return json.load(open(done))['metrics']
-  t0, c0 = time.time(), time.process_time()
-  try:
-    metrics = train.train(config, workdir).metrics
-  except ValueError as e:
-    if 'no fully labelled example' not in str(e):
-      raise
-    metrics = None
-  os.makedirs(workdir, exist_ok=True)
-  with open(done, 'w') as f:
-    json.dump({'metrics': metrics, 'wall_s': time.time() - t0, 'cpu_s': time.process_time() - c0}, f)
-  log.info('%s: mean AP %s (%.0f s)', workdir, f'{metrics["mean_ap"]:.4f}' if metrics else 'n/a',
-           time.time() - t0)
-  return metrics
+def _log(i: int, n: int, r: sweep.Result) -> None:
+  m = r.metrics
+  log.info('[%d/%d] %s seed %d: mean AP %s (%.0f s)', i + 1, n, r.row, r.seed,
+           f'{m["mean_ap"]:.4f}' if m and 'mean_ap' in m else 'n/a', r.wall_s)
+
+
+# A config that leaves no training example (unknown_policy='drop' with no fully labelled example) is a
+# cell without a result, recorded as such; any other error stops the experiment.
+NO_RESULT: tuple[type[Exception], ...] = (errors.DataError,)
 
 
 def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir: str,
          key: str = 'mean_ap') -> dict[str, list[float | None]]:
-  """{cell name: [metric per seed]} for `cells` = [(name, seed -> config)]."""
-  out: dict[str, list[float | None]] = {}
-  for name, make in cells:
-    for seed in range(seeds):
-      m = run(make(seed), os.path.join(workdir, name, f'seed_{seed}'))
-      out.setdefault(name, []).append(None if m is None else float(m[key]))
-  return out
+  """{cell name: [metric per seed]} for `cells` = [(name, seed -> config)]: one sweep (jaxtransfer/sweep.py)
+  of cells × seeds in `workdir/<name>/seed_<s>`, each cached in its final.json; None = no result."""
+  runs = [sweep.Run(name, name, seed, make(seed), os.path.join(workdir, name, f'seed_{seed}'), no_result=NO_RESULT)
+          for name, make in cells for seed in range(seeds)]
+  vals = sweep.values(sweep.run(runs, flags.FLAGS.workers, on_result=_log), key)
+  return {name: vals[name][name] for name, _ in cells}
 
 
 def wall_seconds(workdir: str, name: str, seeds: int) -> list[float]:
   """The recorded wall-clock seconds of each seed's run of a grid cell (machine load included)."""
-  return [json.load(open(os.path.join(workdir, name, f'seed_{s}', 'final.json')))['wall_s'] for s in range(seeds)]
+  return [json.load(open(os.path.join(workdir, name, f'seed_{s}', sweep.FINAL)))['wall_s'] for s in range(seeds)]
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
-  vals = [v for v in values if v is not None]
-  return (float(np.mean(vals)), float(np.std(vals))) if vals else None
+def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
+  """a − b seed by seed, over the seeds where both have a result."""
+  return [x - y for x, y in zip(a, b) if x is not None and y is not None]
 
 
 def fmt(values: Sequence[float | None], scale: float = 100.0) -> str:
-  ms = mean_std(values)
-  return 'n/a' if ms is None else f'{scale * ms[0]:.1f} ± {scale * ms[1]:.1f}'
-
-
-def write(workdir: str, title: str, text: str, data: dict[str, Any]) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'# {title}\n\n{text}\n')
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(data, f, indent=1)
-  print(text, flush=True)
-
-
-def line_plot(path: str, xs: Sequence[Any], series: dict[str, Sequence[Sequence[float | None]]], xlabel: str,
-              ylabel: str = 'mean AP (%)', title: str = '') -> None:
-  """One line per series with ±std error bars; `series[name][i]` = per-seed values at xs[i]."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for name, per_x in series.items():
-    pts = [(i, mean_std(v)) for i, v in enumerate(per_x)]
-    pts = [(i, ms) for i, ms in pts if ms is not None]
-    if pts:
-      ax.errorbar([xs[i] for i, _ in pts], [100 * ms[0] for _, ms in pts], yerr=[100 * ms[1] for _, ms in pts],
-                  marker='o', capsize=3, label=name)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  """'mean ± std' (ddof=1) of the values that are not None (sweep.fmt)."""
+  return sweep.fmt(sweep.stats(values), scale)

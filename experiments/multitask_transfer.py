@@ -8,12 +8,11 @@ parameters train. Pretrained = the conv blocks from the glyph checkpoint; scratc
 from random init. Training sets: the first N of scenes/u30 train (30 % unknown labels, masked loss).
 """
 
-import os
-
 from absl import app, flags
 
 from experiments import multitask_runs as R
 from experiments.configs import multitask_scenes
+from jaxtransfer import sweep
 
 flags.DEFINE_string('workdir', 'runs/multitask_transfer', 'Where runs and results go.')
 flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
@@ -36,15 +35,18 @@ def main(_):
   sizes = [int(s) for s in FLAGS.sizes]
   inits = ('scratch', 'pretrained')
   res = R.grid([(f'n{n}/{i}', make(n, i)) for n in sizes for i in inits], FLAGS.seeds, FLAGS.workdir)
-  lines = ['| train examples | scratch | glyph-pretrained conv blocks | Δ |', '|---|---|---|---|']
-  for n in sizes:
-    d = [a - b for a, b in zip(res[f'n{n}/pretrained'], res[f'n{n}/scratch'])]
-    lines.append(f'| {n} | {R.fmt(res[f"n{n}/scratch"])} | {R.fmt(res[f"n{n}/pretrained"])} | {R.fmt(d)} |')
-  text = (f'Mean AP (%) on 1000 test scenes (true labels), mean ± std over {FLAGS.seeds} seeds, {FLAGS.steps} '
-          f'steps, all parameters train.\n\n' + '\n'.join(lines))
-  R.write(FLAGS.workdir, 'Experiment 6d: transfer from glyphs', text, {'mean_ap': res, 'sizes': sizes})
-  R.line_plot(os.path.join(FLAGS.workdir, 'transfer.png'), sizes,
-              {i: [res[f'n{n}/{i}'] for n in sizes] for i in inits}, 'training scenes')
+  names = {'scratch': 'scratch', 'pretrained': 'glyph-pretrained conv blocks'}
+  vals = {names[i]: {n: res[f'n{n}/{i}'] for n in sizes} for i in inits}
+  delta = 'Δ pretrained − scratch (paired by seed)'
+  vals[delta] = {n: R.paired(res[f'n{n}/pretrained'], res[f'n{n}/scratch']) for n in sizes}
+  table = sweep.write_results(
+      FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'sizes': sizes, 'steps': FLAGS.steps},
+      metric='mean_ap', title='Experiment 6d: transfer from glyphs',
+      caption=(f'Mean AP (%) on 1000 test scenes (true labels), mean ± std (ddof=1) over {{n}} seeds, '
+               f'{FLAGS.steps} steps, all parameters train; columns: training examples.'),
+      row_header='init', xlabel='training scenes', ylabel='mean AP (%)', xscale='log',
+      plot_title='transfer from glyphs', plot_rows=list(names.values()))
+  print(table, flush=True)
 
 
 if __name__ == '__main__':

@@ -10,12 +10,11 @@ GradNorm / PCGrad / CAGrad take their Gram matrix of task gradients at the backb
 The table reports each method's training time per run beside its mean AP.
 """
 
-import os
-
 from absl import app, flags
 
 from experiments import multitask_runs as R
 from experiments.configs import multitask_scenes
+from jaxtransfer import sweep
 
 flags.DEFINE_string('workdir', 'runs/multitask_weighting', 'Where runs and results go.')
 flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
@@ -39,18 +38,21 @@ def main(_):
   res = R.grid([(m, make(m)) for m in FLAGS.methods], FLAGS.seeds, FLAGS.workdir)
   base = res.get('equal')
   seconds = {m: R.wall_seconds(FLAGS.workdir, m, FLAGS.seeds) for m in FLAGS.methods}
-  lines = ['| weighting | mean AP | Δ vs equal (paired by seed) | wall s per run (incl. compile + eval) |',
-           '|---|---|---|---|']
-  for m in FLAGS.methods:
-    d = [a - b for a, b in zip(res[m], base)] if base else []
-    lines.append(f'| {m} | {R.fmt(res[m])} | {R.fmt(d) if base else "–"} | {R.fmt(seconds[m], scale=1.0)} |')
-  text = (f'Mean AP (%) on 1000 test scenes (true labels), scenes/u30, mean ± std over {FLAGS.seeds} seeds, '
-          f'{FLAGS.steps} steps.\n\n' + '\n'.join(lines))
-  R.write(FLAGS.workdir, 'Experiment 6c: loss weighting', text,
-          {'mean_ap': res, 'wall_s': seconds, 'steps': FLAGS.steps, 'task_gradients': FLAGS.task_gradients})
-  R.line_plot(os.path.join(FLAGS.workdir, 'weighting.png'), list(range(len(FLAGS.methods))),
-              {m: [res[m] if m == n else [None] for n in FLAGS.methods] for m in FLAGS.methods},
-              'method (0 = ' + ', '.join(f'{i} {m}' for i, m in enumerate(FLAGS.methods)) + ')')
+  vals = {'mean AP': {m: res[m] for m in FLAGS.methods}}
+  if base:
+    vals['Δ vs equal (paired by seed)'] = {m: R.paired(res[m], base) for m in FLAGS.methods}
+  wall = ('| wall s per run (incl. compile + eval) | ' + ' | '.join(R.fmt(seconds[m], scale=1.0) for m in FLAGS.methods)
+          + ' |')
+  table = sweep.write_results(
+      FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'wall_s': seconds, 'steps': FLAGS.steps,
+                      'task_gradients': FLAGS.task_gradients},
+      metric='mean_ap', title='Experiment 6c: loss weighting',
+      caption=(f'Mean AP (%) on 1000 test scenes (true labels), scenes/u30, mean ± std (ddof=1) over {{n}} seeds, '
+               f'{FLAGS.steps} steps; columns: weighting method.'),
+      row_header='', xlabel='weighting method', ylabel='mean AP (%)', plot_title='loss weighting',
+      plot_rows=['mean AP'], notes='Time (same columns):\n\n| | ' + ' | '.join(FLAGS.methods) + ' |\n|---|'
+      + '---|' * len(FLAGS.methods) + '\n' + wall)
+  print(table, flush=True)
 
 
 if __name__ == '__main__':

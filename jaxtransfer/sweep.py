@@ -284,7 +284,7 @@ def plot(path: str, summary: Mapping[str, Mapping[str, Any]], *, xlabel: str, yl
   ax.set(xscale=xscale if numeric else 'linear', xlabel=xlabel, ylabel=ylabel, title=title)
   ax.set_xticks([x_of[c] for c in cols], [col_label(c) if not numeric else c for c in cols])
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8 if len(summary) > 6 else None)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

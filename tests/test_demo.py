@@ -60,9 +60,11 @@ def test_quick_demo_writes_results(quick_demo):
 
 def test_summary_is_recomputed_from_each_seeds_own_final_eval(quick_demo):
   workdir, results = quick_demo
+  spread = []
   for s in STRATEGIES:
     for k in PER_CLASS:
       accs = [_final_eval_accuracy(demo.run_dir(str(workdir), s, k, seed)) for seed in range(SEEDS)]
+      spread.append(max(accs) - min(accs))
       cell = results['accuracy'][s][str(k)]
       assert cell['n'] == SEEDS
       assert cell['mean'] == pytest.approx(np.mean(accs), abs=1e-9)
@@ -70,6 +72,7 @@ def test_summary_is_recomputed_from_each_seeds_own_final_eval(quick_demo):
       for seed, acc in enumerate(accs):   # final.json holds the same final metrics the summary used
         done = json.load(open(os.path.join(demo.run_dir(str(workdir), s, k, seed), sweep.FINAL)))
         assert done['metrics']['accuracy'] == pytest.approx(acc, abs=1e-9)
+  assert max(spread) > 1e-3   # the seeds differ, so a best-seed "mean" or a ddof=0 std would be caught
 
 
 def test_rerun_reuses_finished_runs(quick_demo, data_dir, monkeypatch):
