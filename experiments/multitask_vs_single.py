@@ -21,7 +21,7 @@ from absl import app, flags
 
 from experiments import multitask_runs as R
 from experiments.configs import multitask_scenes
-from jaxtransfer import train
+from jaxtransfer import errors, steps, sweep
 from jaxtransfer.data.builders import scenes
 from jaxtransfer.models import model as model_lib
 
@@ -38,7 +38,7 @@ def stages(width: str) -> list[int]:
   try:
     return [int(w) for w in width.split('x')]
   except ValueError:
-    raise ValueError(f'--widths: expected AxB (e.g. 16x32), got {width!r}') from None
+    raise errors.ConfigError(f'--widths: expected AxB (e.g. 16x32), got {width!r}') from None
 
 
 def make(width: str, tasks):
@@ -52,8 +52,8 @@ def make(width: str, tasks):
 
 
 def num_params(config) -> int:
-  model = model_lib.build(train.model_spec(config, 0))
-  shapes = jax.eval_shape(lambda k: model.init(k, jax.numpy.zeros((1, 48, 48, 1))), jax.random.key(0))
+  model = model_lib.build(steps.model_spec(config, 0))
+  shapes = model_lib.abstract(model, (48, 48, 1))
   return sum(x.size for x in jax.tree.leaves(shapes['params']))
 
 
@@ -65,25 +65,26 @@ def main(_):
     per_task = R.grid([(f'{w}/single_{n}', make(w, {n: spec})) for n, spec in TASKS.items()],
                       FLAGS.seeds, FLAGS.workdir)           # each value: that task's AP (mean_ap of one task)
     per_task_ap[w] = per_task
-    stl[w] = [sum(per_task[f'{w}/single_{n}'][s] for n in TASKS) / len(TASKS) for s in range(FLAGS.seeds)]
+    stl[w] = [sum(per_task[f'{w}/single_{n}'][s] for n in TASKS) / len(TASKS)
+              if all(per_task[f'{w}/single_{n}'][s] is not None for n in TASKS) else None for s in range(FLAGS.seeds)]
     one = next(iter(TASKS))
     sizes[w] = {'multitask': num_params(make(w, TASKS)(0)),
                 'single_task_total': len(TASKS) * num_params(make(w, {one: TASKS[one]})(0))}
-  lines = ['| conv widths | parameters: 1 shared net / 6 nets | multi-task (1 network) | single-task (6 networks) '
-           '| MTL − STL (paired) |', '|---|---|---|---|---|']
-  for w in FLAGS.widths:
-    d = [a - b for a, b in zip(mtl[w], stl[w])]
-    lines.append(f'| {w} | {sizes[w]["multitask"]:,} / {sizes[w]["single_task_total"]:,} | {R.fmt(mtl[w])} '
-                 f'| {R.fmt(stl[w])} | {R.fmt(d)} |')
-  text = (f'Mean AP (%) on 1000 test scenes (scenes/u0, fully labelled), mean ± std over {FLAGS.seeds} seeds, '
-          f'{FLAGS.steps} Adam steps of 32 each, every width from its own glyph pretraining.\n\n' + '\n'.join(lines))
-  R.write(FLAGS.workdir, 'Experiment 6b: multi-task vs single-task networks across widths', text,
-          {'multitask': mtl, 'single_task': stl, 'single_task_per_task': per_task_ap, 'params': sizes,
-           'steps': FLAGS.steps})
-  R.line_plot(os.path.join(FLAGS.workdir, 'mtl_vs_stl.png'), [stages(w)[-1] for w in FLAGS.widths],
-              {'multi-task (1 net)': [mtl[w] for w in FLAGS.widths],
-               'single-task (6 nets)': [stl[w] for w in FLAGS.widths]},
-              'channels of the last conv block', title='one shared network vs six separate ones')
+  vals = {'multi-task (1 network)': mtl, 'single-task (6 networks)': stl,
+          'MTL − STL (paired by seed)': {w: R.paired(mtl[w], stl[w]) for w in FLAGS.widths}}
+  params = ('| parameters: 1 shared net / 6 nets | ' + ' | '.join(
+      f'{sizes[w]["multitask"]:,} / {sizes[w]["single_task_total"]:,}' for w in FLAGS.widths) + ' |')
+  table = sweep.write_results(
+      FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'multitask': mtl, 'single_task': stl,
+                      'single_task_per_task': per_task_ap, 'params': sizes, 'steps': FLAGS.steps},
+      metric='mean_ap', title='Experiment 6b: multi-task vs single-task networks across widths',
+      caption=(f'Mean AP (%) on 1000 test scenes (scenes/u0, fully labelled), mean ± std (ddof=1) over {{n}} seeds, '
+               f'{FLAGS.steps} Adam steps of 32 each, every width from its own glyph pretraining; columns: conv '
+               'widths.'),
+      row_header='', xlabel='conv widths', ylabel='mean AP (%)', plot_title='one shared network vs six separate ones',
+      plot_rows=['multi-task (1 network)', 'single-task (6 networks)'],
+      notes='| | ' + ' | '.join(FLAGS.widths) + ' |\n|---|' + '---|' * len(FLAGS.widths) + '\n' + params)
+  print(table, flush=True)
 
 
 if __name__ == '__main__':
