@@ -103,3 +103,34 @@ def test_single_seed_std_and_missing_cells_in_the_written_table(tmp_path):
                                 '| b | – | 70.0 ± – |']
   assert json.load(open(tmp_path / 'results.json')) == {'accuracy': summary, 'extra': 1}
   assert open(tmp_path / 'results.png', 'rb').read(4) == b'\x89PNG'
+
+
+def fake_val_run(config, workdir):
+  """Validation accuracy peaking at lr 1e-2 for 'a' and at 1e-3 for 'b'; must run on the validation split."""
+  assert (config.input.train_split, config.input.eval_split) == ('train[:3000]', 'train[3000:]')
+  best = 1e-2 if config.trainable == 'head' else 1e-3
+  return {'accuracy': 0.9 - abs(np.log10(config.optim.lr / best)) / 10 + 0.001 * config.seed}
+
+
+def test_tuning_stage_picks_the_best_lr_per_budget_on_the_validation_split(tmp_path):
+  from experiments import transfer_vs_data_size, tune_lr
+
+  def make(strategy, k, seed, lr):
+    c = config_lib.finetune(init_from='/ckpt', per_class=k, trainable='head' if strategy == 'a' else 'all')
+    c.seed, c.optim.lr = seed, lr
+    return c
+
+  out = tune_lr.tune(make, ('a', 'b'), (1, 0), ('1e-3', '1e-2'), (100, 101), str(tmp_path), run_fn=lambda s: fake_val_run)
+  assert out['best_lr'] == {'a': {1: 1e-2, 0: 1e-2}, 'b': {1: 1e-3, 0: 1e-3}}
+  assert out['val_accuracy']['a']['1e-2']['all'] == pytest.approx([0.9 + 0.1, 0.9 + 0.101])
+  saved = json.load(open(tmp_path / 'results.json'))
+  assert saved['best_lr'] == {'a': {'1': '1e-2', '0': '1e-2'}, 'b': {'1': '1e-3', '0': '1e-3'}}
+  assert saved['accuracy']['a lr=1e-2']['1']['n'] == 2
+  # Ties within TIE go to the smaller lr.
+  assert tune_lr.choose({'1e-3': {1: [0.800]}, '1e-2': {1: [0.803]}}, 1) == '1e-3'
+  assert tune_lr.choose({'1e-3': {1: [0.80]}, '1e-2': {1: [0.81]}}, 1) == '1e-2'
+  # The study refuses tuning seeds that are also reporting seeds.
+  with pytest.raises(SystemExit):
+    transfer_vs_data_size.parse(['--seeds=3', '--tune_seeds=2,100'])
+  a = transfer_vs_data_size.parse(['--quick'])
+  assert (a.steps, a.per_class, a.tune_seeds, a.lr_grid) == (10, (1, 10), (100,), ('1e-3', '1e-2'))
