@@ -37,7 +37,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 PER_CLASS = (1, 5, 10, 50, 100, 0)      # 0 = all (reported as 400 = 4000 / 10)
 ALL_KEY = 400
