@@ -10,7 +10,8 @@ is used only if its cmap covers all 62 characters, it draws 62 distinct bitmaps 
 font (cmsy10/cmex10 map ASCII codes to symbols). See `font_report()`.
 
 Every example is a pure function of (config seed, split, index): rendering is
-byte-identical whether it runs in one process or in a pool, and across runs.
+byte-identical whether it runs in one process or in a pool, and across runs. The pool
+(large splits) is a 'spawn' pool: no fork of a process in which JAX has started.
 
     import tensorflow_datasets as tfds
     from jaxtransfer.data.builders import glyphs
@@ -285,9 +286,11 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
     t0, done = time.time(), 0
     pool = None
     if n >= _POOL_MIN_EXAMPLES:
-      # fork: workers only run numpy/PIL code; spawn would re-import the caller's
-      # __main__ module (breaks unguarded scripts) and tfds (~1 s per worker).
-      pool = multiprocessing.get_context('fork').Pool(
+      # spawn, never fork: data is prepared after JAX has started its threads (train.train builds
+      # the mesh first), and a fork of a multithreaded process can deadlock. Each worker starts a
+      # fresh interpreter and imports this module (~1 s, in parallel) and, as every spawn pool
+      # does, the caller's __main__ module (scripts need an `if __name__ == '__main__':` guard).
+      pool = multiprocessing.get_context('spawn').Pool(
           _POOL_PROCESSES, initializer=_init_worker, initargs=(fonts, True))
       results = pool.imap(_render_chunk, chunks)
     else:
