@@ -180,13 +180,14 @@ def import_bert(workdir: str, zip_path: str, *, source: str = 'bert') -> dict[st
   state_dict, bert_config, tokenizer_json = read_bert_zip(zip_path)
   spec, params = convert_bert(state_dict, bert_config)
   tok = tokenizer_lib.Tokenizer.from_json(tokenizer_json)
-  if tok.pad_id != spec['backbone']['pad_id'] or tok.vocab_size != spec['backbone']['vocab_size']:
+  backbone = spec['backbone']
+  if tok.pad_id != backbone['pad_id'] or tok.vocab_size != backbone['vocab_size']:
     raise ConversionError(f'{zip_path}: tokenizer (pad {tok.pad_id}, vocabulary {tok.vocab_size}) does not fit '
-                          f'config.json (pad {spec["backbone"]["pad_id"]}, vocabulary {spec["backbone"]["vocab_size"]})')
+                          f'config.json (pad {backbone["pad_id"]}, vocabulary {backbone["vocab_size"]})')
   params = jax.device_put(params)
   cfg = config_lib.base()
   cfg.data = ''
-  cfg.model.backbone = spec['backbone']
+  cfg.model.backbone = backbone
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   mngr = checkpoint.manager(ckpt_dir, keep=1, async_save=False)
   if mngr.latest_step() is not None:

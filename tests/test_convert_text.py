@@ -1,5 +1,6 @@
 """BERT safetensors → the encoder's BERT layout (strict by name), the tokenizer wrapper, imported MiniLM."""
 
+import functools
 import importlib.util
 import math
 
@@ -206,7 +207,7 @@ def test_minilm_sentence_embeddings(minilm):
 
 
 @needs_minilm
-def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path):
+def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path, minilm):
   from jaxtransfer import checkpoint
 
   summary = convert_text.import_minilm(str(tmp_path / 'minilm'))
@@ -220,6 +221,16 @@ def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path):
   assert shapes['backbone/block_0/token_embed/embedding'] == (30522, 384)
   with pytest.raises(convert_text.ConversionError):
     convert_text.import_minilm(str(tmp_path / 'minilm'))     # never overwrites
+  # `transfer.init_from` takes it like any checkpoint: a fresh 2-class head on the imported encoder.
+  from jaxtransfer import transfer
+  from jaxtransfer.models import model as model_lib
+
+  model = model_lib.build({'backbone': meta['model_spec']['backbone'], 'head': {'name': 'linear', 'num_outputs': 2}})
+  fresh = model_lib.init(model, jax.random.key(0), (8,))
+  params, _ = transfer.init_from(str(tmp_path / 'minilm'), fresh['params'], {})
+  ids = jnp.asarray(tok.encode(SENTENCES, max_len=32))
+  features = jax.jit(functools.partial(model.apply, method='features'))({'params': params}, ids)
+  np.testing.assert_allclose(features, embed(*minilm, SENTENCES), rtol=1e-5, atol=1e-6)   # bit-for-bit weights
 
 
 @needs_minilm

@@ -192,3 +192,20 @@ def test_llrd_and_gradual_unfreezing_see_the_stem_as_the_lowest_block():
   starts = optim.start_steps(cfg, labels)
   assert (starts['head/out/kernel'], starts['backbone/block_2/attention/query/kernel'],
           starts['backbone/block_0/position_embed/embedding']) == (0, 10, 30)
+
+
+def test_registry_num_blocks_drop_last_and_model_init():
+  from jaxtransfer.models import model as model_lib
+
+  spec = {'name': 'transformer', **SMALL}
+  assert model_lib.num_blocks(spec) == 3
+  cut = model_lib.drop_last_blocks(spec, 2)
+  assert cut['drop_last'] == 2 and model_lib.num_blocks(cut) == 1
+  with pytest.raises(errors.Error):
+    model_lib.drop_last_blocks(spec, 3)                 # the stem always stays
+  model = model_lib.build({'backbone': spec, 'head': {'name': 'linear', 'num_outputs': 2}})
+  v = model_lib.init(model, jax.random.key(0), (10,))   # the loop's float dummy input works for token ids
+  assert list(v['params']) == ['backbone', 'head'] and 'batch_stats' not in v
+  assert model.apply(v, tokens()).shape == (3, 2)
+  np.testing.assert_allclose(model.apply(v, tokens(), method=model.features),
+                             encoder().apply({'params': v['params']['backbone']}, tokens()), rtol=1e-6)

@@ -188,5 +188,6 @@ class ResNet(nn.Module):
 
 
 from jaxtransfer.models.efficientnet import EfficientNetLite  # noqa: E402  (ImageNet-pretrained via `import-weights`)
+from jaxtransfer.models.transformer import TransformerEncoder  # noqa: E402  (text tokens or image patches)
 
-BACKBONES = {'cnn': CNN, 'resnet': ResNet, 'efficientnet_lite': EfficientNetLite}
+BACKBONES = {'cnn': CNN, 'resnet': ResNet, 'efficientnet_lite': EfficientNetLite, 'transformer': TransformerEncoder}
