@@ -209,3 +209,28 @@ def test_registry_num_blocks_drop_last_and_model_init():
   assert model.apply(v, tokens()).shape == (3, 2)
   np.testing.assert_allclose(model.apply(v, tokens(), method=model.features),
                              encoder().apply({'params': v['params']['backbone']}, tokens()), rtol=1e-6)
+
+
+def test_last_1_train_steps_move_only_the_top_layer_and_the_head():
+  """The real train step (steps.make_train_step + optim.make) on the encoder with trainable='last:1'."""
+  from jaxtransfer import config as config_lib
+  from jaxtransfer import optim, steps
+  from jaxtransfer.models import model as model_lib
+
+  model = model_lib.build({'backbone': {'name': 'transformer', **SMALL, 'dropout': 0.1},
+                           'head': {'name': 'linear', 'num_outputs': 2}})
+  params = model_lib.init(model, jax.random.key(0), (10,))['params']
+  labels = rules.freeze_labels('last:1', params)
+  cfg = config_lib.base().optim
+  cfg.lr, cfg.warmup_steps = 1e-2, 0
+  tx = optim.make(cfg, labels, 3)
+  step = jax.jit(steps.make_train_step(model, tx, rules.frozen_blocks(labels)))
+  batch = {'image': tokens(), 'label': jnp.asarray([0, 1, 1])}
+  p, opt_state = params, tx.init(params)
+  for i in range(3):
+    p, _, opt_state, metrics = step(p, {}, opt_state, batch, jax.random.key(i))
+  assert np.isfinite(float(metrics['loss']))
+  moved = {path: not np.array_equal(a, b) for (path, a), b in zip(rules.flatten(params).items(),
+                                                                   rules.flatten(p).values())}
+  for path, changed in moved.items():
+    assert changed == path.startswith(('head/', 'backbone/block_2/')), path
