@@ -158,6 +158,7 @@ CHOICES = {
     'mtl.unknown_policy': ('mask', 'negative', 'drop'),
     'mesh.params': ('replicate', 'fsdp'),
     'distributed.initialize': ('off', 'on', 'auto'),
+    'train.on_nonfinite': ('stop', 'skip'),
 }
 # key: (lowest, highest, lowest allowed?, highest allowed?) for numbers; None = unbounded on that side.
 RANGES = {
@@ -167,6 +168,7 @@ RANGES = {
     'train.log_every': (1, None, True, True),
     'train.checkpoint_every': (1, None, True, True),
     'train.keep_checkpoints': (1, None, True, True),
+    'train.max_nonfinite': (1, None, True, True),
     'train.eval_every': (0, None, True, True),
     'input.per_class': (0, None, True, True),
     'transfer.drop_last_blocks': (0, None, True, True),

@@ -77,6 +77,16 @@ def test_edge_values_inside_the_range_pass(key, value):
   config_lib.validate(_with(key, value))
 
 
+@pytest.mark.parametrize('key, value', [('train.on_nonfinite', 'ignore'), ('train.max_nonfinite', 0)])
+def test_divergence_keys(key, value):
+  c = config_lib.base()
+  with c.unlocked():
+    c.train.on_nonfinite, c.train.max_nonfinite = 'stop', 10   # (keys of the non-finite guard, where present)
+  config_lib.validate(c)
+  with pytest.raises(errors.ConfigError, match=f'config.{key}='):
+    config_lib.validate(_with(key, value, c))
+
+
 def test_absent_keys_are_skipped():
   c = config_lib.base()
   del c.optim['lp_lr']
