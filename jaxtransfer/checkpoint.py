@@ -107,23 +107,46 @@ def verify(mngr: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None
     item_dir = os.path.join(step_dir(mngr, step), item)
     if not os.path.isdir(item_dir):
       raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} is missing')
-    where = item_dir
+    where, key = item_dir, None
     try:
       store = ts.KvStore.open({'driver': 'ocdbt', 'base': {'driver': 'file', 'path': item_dir + '/'}}).result()
       keys = store.list().result()
       for key in keys:
-        where = f"{item_dir} (stored value '{key.decode(errors='replace')}')"
         read = store.read(key).result()
         if read.state != 'value' or not read.value:  # A deleted data file reads as empty: no stored value is.
-          raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} (its data '
-                                'file is missing)')
+          where = _value_file(item_dir, key)
+          raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} (missing)')
     except errors.Error:
       raise
     except Exception as e:  # TensorStore raises ValueError with a status line; anything else is damage too.
+      where = _value_file(item_dir, key) if key is not None else item_dir
       raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} ({_reason(e)})') from e
     if not keys:  # Orbax never writes an empty PyTree item, so no keys means no readable manifest.
       raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} holds no readable value '
                             f'({os.path.join(item_dir, "manifest.ocdbt")} missing or empty)')
+
+
+def _value_file(item_dir: str, key: bytes) -> str:
+  """'<data file> (value <key>)': the file under `item_dir` that holds the stored value `key`.
+
+  Best effort, from TensorStore's documented dump of the OCDBT B-tree (`tensorstore.ocdbt.dump`), whose
+  entries locate a value as 'value:<base>:<relative path>:<offset>:<length>'; if the tree itself cannot be
+  read, '<item_dir> (value <key>)'.
+  """
+  name = f"(value '{key.decode(errors='replace')}')"
+  try:
+    base = ts.KvStore.open({'driver': 'file', 'path': item_dir + '/'}).result()
+    pending = [ts.ocdbt.dump(base).result()['versions'][-1]['root']['location']]
+    while pending:
+      node = ts.ocdbt.dump(base, pending.pop()).result()
+      for entry in node.get('entries', ()):
+        if entry.get('key') == key and isinstance(entry.get('indirect_value'), str):
+          prefix, _, _ = entry['indirect_value'].split(':', 1)[1].rsplit(':', 2)
+          return f'{os.path.join(item_dir, *prefix.split(":", 1))} {name}'
+        pending += [v for v in entry.values() if isinstance(v, str) and v.startswith('btreenode:')]
+  except Exception:  # pylint: disable=broad-except  (only the message gets less precise)
+    pass
+  return f'{item_dir} {name}'
 
 
 def newest_restorable(mngr: ocp.CheckpointManager) -> tuple[int | None, dict[str, Any] | None]:
