@@ -83,6 +83,8 @@ def test_logme_equals_the_brute_force_maximum_of_the_evidence(case):
   assert got == pytest.approx(ref, rel=1e-2)
   # The fixed point lands on one (α, β): its evidence cannot exceed the maximum.
   assert got <= ref + 1e-6
+  # float32 features are scored in float64 (the SVD of float32 would move the value by ~1e-7).
+  assert transferability.logme(f.astype(np.float32), y) == transferability.logme(f.astype(np.float32).astype(np.float64), y)
 
 
 def test_logme_ignores_zero_feature_columns_and_rotations():

@@ -33,6 +33,52 @@ def test_scores_prefer_informative_features():
   assert transferability.leep(np.full((300, 7), 1 / 7), y) == pytest.approx(np.mean(np.log(np.bincount(y)[y] / 300)), abs=1e-6)
 
 
+def hscore_reference(f, y, shrinkage):
+  """H-score from its definition (Bao et al.): tr(cov(f)⁻¹ cov(E[f | y])), the covariance shrunk toward
+  its mean eigenvalue; population covariances (np.cov with bias=True), class means by a dict."""
+  f = np.asarray(f, np.float64)
+  d = f.shape[1]
+  cov = np.cov(f, rowvar=False, bias=True)
+  cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+  means = {c: f[y == c].mean(0) for c in set(y.tolist())}
+  g = np.stack([means[c] for c in y.tolist()])
+  return float(np.trace(np.linalg.inv(cov) @ np.cov(g, rowvar=False, bias=True)))
+
+
+def leep_reference(theta, y):
+  """LEEP from its definition (Nguyen et al.), with loops: P(y, z) = 1/n Σ_i θ_iz [y_i = y];
+  P(y | z) = P(y, z) / Σ_y' P(y', z); LEEP = 1/n Σ_i log Σ_z P(y_i | z) θ_iz."""
+  theta = np.asarray(theta, np.float64)
+  n, zs = theta.shape
+  labels = sorted(set(y.tolist()))
+  joint = {(c, z): sum(theta[i, z] for i in range(n) if y[i] == c) / n for c in labels for z in range(zs)}
+  marg = {z: sum(joint[(c, z)] for c in labels) for z in range(zs)}
+  return float(np.mean([np.log(sum(joint[(y[i], z)] / marg[z] * theta[i, z] for z in range(zs))) for i in range(n)]))
+
+
+@pytest.mark.parametrize('shrinkage', [0.0, 0.1, 0.5])
+def test_hscore_matches_its_definition(shrinkage):
+  x, y = _blobs(True, n=60, d=6, k=4, seed=3)
+  x32 = x.astype(np.float32)                   # float32 features are scored in float64
+  ref = hscore_reference(x32, y, shrinkage)
+  assert transferability.hscore(x32, y, shrinkage=shrinkage) == pytest.approx(ref, rel=1e-10)
+  # Invariant to a per-feature shift and to the features' scale.
+  shift = np.random.default_rng(0).normal(size=6) * 10
+  assert transferability.hscore(3 * x + shift, y, shrinkage=shrinkage) == pytest.approx(
+      transferability.hscore(x, y, shrinkage=shrinkage), rel=1e-8)
+
+
+def test_leep_matches_its_definition():
+  rng = np.random.default_rng(4)
+  y = rng.integers(0, 3, 40)
+  theta = rng.dirichlet(np.ones(5), size=40).astype(np.float32)
+  theta[y == 1, 2] += 2.0                      # source class 2 predicts B's class 1
+  theta /= theta.sum(1, keepdims=True)
+  got = transferability.leep(theta, y)
+  assert got == pytest.approx(leep_reference(theta, y), rel=1e-10)
+  assert got > leep_reference(rng.permutation(theta), y)   # predictions unrelated to y score lower
+
+
 @pytest.mark.parametrize('per_class, best, random, answer', [
     # LogME gain over random init: 0.05 (NO_GAIN) decides whether the source transfers at all …
     (10, 1.06, 1.0, 'lp-ft'), (10, 1.04, 1.0, 'scratch'), (11, -0.94, -1.0, 'lp-ft'),
