@@ -22,6 +22,7 @@ byte-identical whether it runs in one process or in a pool, and across runs. The
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -30,6 +31,7 @@ import os
 import string
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -242,9 +244,39 @@ def _render_chunk(args):
           for i, lab in enumerate(labels)]
 
 
-def _chunks(seed, split, labels):
-  for start in range(0, len(labels), _CHUNK):
+def _chunks(seed, split, labels, first=0):
+  for start in range(first, len(labels), _CHUNK):
     yield seed, split, start, labels[start:start + _CHUNK]
+
+
+def _rendered(seed: int, split: str, labels: np.ndarray,
+              fonts: tuple[str, ...]) -> Iterator[list[np.ndarray]]:
+  """The split's images, chunk by chunk in order: in a process pool from _POOL_MIN_EXAMPLES on.
+
+  The pool is 'spawn', never fork: data is prepared after JAX has started its threads (train.train
+  builds the mesh first), and forking a multithreaded process can deadlock. Each worker starts a fresh
+  interpreter and imports this module (~1 s, in parallel) and, as every spawn pool does, the caller's
+  __main__ module. A worker that fails to start (a script without an `if __name__ == '__main__':`
+  guard re-runs itself there) breaks the pool: the rest is rendered here, with a warning. Every image
+  is a pure function of (seed, split, index), so the output is the same either way.
+  """
+  done = 0
+  if len(labels) >= _POOL_MIN_EXAMPLES:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        _POOL_PROCESSES, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
+        initargs=(fonts, True))
+    try:
+      for images in pool.map(_render_chunk, _chunks(seed, split, labels)):
+        yield images
+        done += len(images)
+    except concurrent.futures.BrokenExecutor as e:  # BrokenProcessPool: a worker died
+      log.warning('glyphs %s: the rendering pool broke (%s; a script that prepares data needs an '
+                  "`if __name__ == '__main__':` guard); rendering the remaining %d examples in this process",
+                  split, e, len(labels) - done)
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+  _init_worker(fonts)
+  yield from map(_render_chunk, _chunks(seed, split, labels, first=done))
 
 
 @dataclasses.dataclass(eq=False)
@@ -280,31 +312,12 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, n: int):
     cfg = self.builder_config
-    fonts, _ = font_report()
     labels = split_labels(cfg.seed, split, n)
-    chunks = _chunks(cfg.seed, split, labels)
     t0, done = time.time(), 0
-    pool = None
-    if n >= _POOL_MIN_EXAMPLES:
-      # spawn, never fork: data is prepared after JAX has started its threads (train.train builds
-      # the mesh first), and a fork of a multithreaded process can deadlock. Each worker starts a
-      # fresh interpreter and imports this module (~1 s, in parallel) and, as every spawn pool
-      # does, the caller's __main__ module (scripts need an `if __name__ == '__main__':` guard).
-      pool = multiprocessing.get_context('spawn').Pool(
-          _POOL_PROCESSES, initializer=_init_worker, initargs=(fonts, True))
-      results = pool.imap(_render_chunk, chunks)
-    else:
-      _init_worker(fonts)
-      results = map(_render_chunk, chunks)
-    try:
-      for images in results:
-        for img in images:
-          yield done, {'image': img, 'label': int(labels[done])}
-          done += 1
-        if done % 10_000 < _CHUNK or done == n:
-          log.info('glyphs/%s %s: rendered %d/%d (%.0f/s)', cfg.name, split, done, n,
-                   done / max(time.time() - t0, 1e-9))
-    finally:
-      if pool is not None:
-        pool.terminate()
-        pool.join()
+    for images in _rendered(cfg.seed, split, labels, font_report()[0]):
+      for img in images:
+        yield done, {'image': img, 'label': int(labels[done])}
+        done += 1
+      if done % 10_000 < _CHUNK or done == n:
+        log.info('glyphs/%s %s: rendered %d/%d (%.0f/s)', cfg.name, split, done, n,
+                 done / max(time.time() - t0, 1e-9))
