@@ -98,6 +98,12 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_every = 0                # 0 = evaluate at the end only
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2
+  # A loss or training state that becomes NaN/inf (divergence): 'stop' ends the run with a one-line error
+  # naming the step and the last good checkpoint; 'skip' skips the update of a step whose gradients are not
+  # finite (optax.apply_if_finite) and stops after `max_nonfinite` skipped steps in a row. Either way no
+  # checkpoint with a non-finite value is written.
+  c.train.on_nonfinite = 'stop'         # 'stop' | 'skip'
+  c.train.max_nonfinite = 10            # 'skip': consecutive skipped steps before the run stops
 
   c.mesh = ml_collections.ConfigDict()  # see jaxtransfer/sharding.py
   c.mesh.data = -1                      # devices on the batch axis (-1 = all the rest)

@@ -13,6 +13,14 @@ Initialisation order (big_vision's, written down because getting it wrong silent
 Every step is a pure function of (state, batch, key) with `key = fold_in(PRNGKey(seed), step)` and the
 batch at step s a pure function of (data seed, s), so a resumed run ends bit-identical to an
 uninterrupted one.
+
+Divergence (`config.train.on_nonfinite`): each compiled step also checks, on the device, that the loss and
+the new training state are finite and keeps the first step where they were not (`guard_step`); the host
+reads that at the moments it syncs anyway — log steps, evaluations, right before every checkpoint save and
+at the end — and raises `NonFiniteError` naming the step and the last good checkpoint. So no checkpoint
+holds a non-finite value. With 'skip' the optimizer is `optax.apply_if_finite`: a step with non-finite
+gradients changes nothing (BatchNorm statistics and objective state included) and is counted
+(`train/skipped`); `train.max_nonfinite` such steps in a row stop the run the same way.
 """
 
 import dataclasses
@@ -24,6 +32,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 
 from jaxtransfer import checkpoint, errors, objectives, optim, rules, sharding, steps, transfer
 from jaxtransfer.data import catalog, pipeline, preprocess
@@ -31,6 +41,14 @@ from jaxtransfer.models import model as model_lib
 from jaxtransfer.progress import MetricWriter, ProgressLog
 
 log = logging.getLogger('jaxtransfer')
+
+NONFINITE_POLICIES = ('stop', 'skip')
+# Why `guard_step` flagged a step (the second entry of its device-side record).
+_LOSS, _SKIPPED, _STATE = 1, 2, 3
+
+
+class NonFiniteError(errors.Error):
+  """The run diverged: its loss or training state became NaN/inf (see `config.train.on_nonfinite`)."""
 
 
 @dataclasses.dataclass
@@ -44,6 +62,56 @@ class Outcome:
   metrics: dict[str, float]      # the final evaluation
 
 
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every float leaf of `tree` is finite (a device scalar; integer leaves always are)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def guard_step(train_step: Any, objective: objectives.Objective, policy: str, max_nonfinite: int) -> Any:
+  """`train_step` plus the divergence check, in the same program (no extra host sync).
+
+  (params, batch_stats, opt_state, bad, batch, key, step) → (params, batch_stats, opt_state, bad, metrics):
+  `bad` = [first flagged step or -1, why (_LOSS | _SKIPPED | _STATE)] is carried from step to step.
+  'stop' flags a non-finite loss or training state. 'skip' (the optimizer wrapped in
+  `optax.apply_if_finite`) keeps the old BatchNorm statistics and objective state on a skipped step,
+  reports `skipped` (the total so far) and flags `max_nonfinite` skipped steps in a row or a non-finite state.
+  """
+  keep_if = lambda ok, new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+  def guarded(params, batch_stats, opt_state, bad, batch, key, step):
+    new_params, new_stats, new_opt, metrics = train_step(params, batch_stats, opt_state, batch, key)
+    if policy == 'skip':
+      state = steps.tx_state(new_opt, objective)           # optax.ApplyIfFiniteState
+      new_stats = keep_if(state.last_finite, new_stats, batch_stats)
+      if objective.has_state:
+        new_opt = {k: v if k == 'tx' else keep_if(state.last_finite, v, opt_state[k]) for k, v in new_opt.items()}
+      metrics = {**metrics, 'skipped': state.total_notfinite}
+      why = jnp.where(state.notfinite_count >= max_nonfinite, _SKIPPED, 0)
+    else:
+      why = jnp.where(jnp.isfinite(metrics['loss']), 0, _LOSS) if 'loss' in metrics else jnp.array(0)
+    why = jnp.where((why == 0) & ~_all_finite((new_params, new_stats, new_opt)), _STATE, why)
+    bad = jnp.where((bad[0] < 0) & (why > 0), jnp.stack([step, why]).astype(jnp.int32), bad)
+    return new_params, new_stats, new_opt, bad, metrics
+
+  return guarded
+
+
+def _check_finite(bad: jax.Array, policy: str, max_nonfinite: int, mngr: Any) -> None:
+  """Raise `NonFiniteError` when `guard_step` flagged a step (one host read of two integers)."""
+  step, why = (int(x) for x in sharding.to_host(bad))
+  if step < 0:
+    return
+  mngr.wait_until_finished()
+  last = mngr.latest_step()
+  good = f'{os.path.join(str(mngr.directory), str(last))} (step {last})' if last is not None else 'none'
+  what = {_LOSS: 'the loss became non-finite (NaN/inf)',
+          _SKIPPED: f'{max_nonfinite} steps in a row had non-finite gradients and were skipped',
+          _STATE: 'the parameters, BatchNorm statistics or optimizer state became non-finite (NaN/inf)'}[why]
+  raise NonFiniteError(f'step {step}: {what} (train.on_nonfinite={policy}); nothing later was saved; '
+                       f'last good checkpoint: {good}')
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None) -> Outcome:
   """Train as `config` says, writing checkpoints and metrics under `workdir`.
 
@@ -51,6 +119,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   — a preemption, for tests of resumption.
   """
   objective = objectives.from_config(config)   # first: an unknown objective fails before any work
+  policy, max_nonfinite = config.train.get('on_nonfinite', 'stop'), config.train.get('max_nonfinite', 10)
+  if policy not in NONFINITE_POLICIES:
+    raise errors.ConfigError(f'train.on_nonfinite: expected one of {NONFINITE_POLICIES}, got {policy!r}')
+  if policy == 'skip' and max_nonfinite < 1:
+    raise errors.ConfigError(f'train.max_nonfinite: expected ≥ 1 (skipped steps in a row), got {max_nonfinite}')
   os.makedirs(workdir, exist_ok=True)
   sharding.set_cpu_devices(config.mesh.get('cpu_devices', 0))   # before anything touches the devices
   sharding.initialize_distributed(config.get('distributed'))
@@ -81,6 +154,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   labels = rules.freeze_labels(config.trainable, params)
   frozen = rules.frozen_blocks(labels)
   tx = optim.make(config.optim, labels, config.train.steps)
+  if policy == 'skip':   # a step with non-finite gradients leaves the parameters and optimizer state as they are
+    tx = optax.apply_if_finite(tx, max_nonfinite)
   # The objective's own state, if any, rides along in opt_state (checkpointed): {'tx': …, **state}.
   init_state = steps.opt_init(tx, objective)
   opt_sh = sharding.mirror_specs(jax.eval_shape(init_state, params), params, param_sh)
@@ -114,9 +189,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   # step is recompiled there so BatchNorm of a not-yet-trained block stays in inference mode.
   starts = optim.start_steps(config.optim, labels)
   changes = optim.schedule_changes(labels, starts)
-  compile_step = lambda frozen: jax.jit(steps.make_train_step(model, tx, frozen, objective),
-                                        donate_argnums=(0, 1, 2),
-                                        out_shardings=(param_sh, stats_sh, opt_sh, sharding.replicated(mesh)))
+  rep = sharding.replicated(mesh)
+  compile_step = lambda frozen: jax.jit(
+      guard_step(steps.make_train_step(model, tx, frozen, objective), objective, policy, max_nonfinite),
+      donate_argnums=(0, 1, 2, 3), out_shardings=(param_sh, stats_sh, opt_sh, rep, rep))
   train_step = compile_step(optim.frozen_blocks_at(labels, starts, start) if changes else frozen)
   eval_step = jax.jit(steps.make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))
   eval_source = catalog.load(config.input.eval_data or config.data, config.input.eval_split,
@@ -127,27 +203,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   batches = pipeline.train_batches(train_source, batch_size=config.train.batch_size, seed=config.seed,
                                    start_step=start, indices=indices, process_index=jax.process_index(),
                                    process_count=jax.process_count(), preprocess=pre)
+  bad = jax.device_put(np.array([-1, 0], np.int32), rep)    # guard_step's record: no step flagged yet
+  check_finite = lambda: _check_finite(bad, policy, max_nonfinite, mngr)
   step = start
   try:
     for step in range(start + 1, config.train.steps + 1):
       if step - 1 in changes and step - 1 > start:
         train_step = compile_step(optim.frozen_blocks_at(labels, starts, step - 1))
       batch = sharding.shard_batch(next(batches), mesh)
-      params, batch_stats, opt_state, metrics = train_step(params, batch_stats, opt_state, batch,
-                                                           jax.random.fold_in(key_train, step))
+      params, batch_stats, opt_state, bad, metrics = train_step(
+          params, batch_stats, opt_state, bad, batch, jax.random.fold_in(key_train, step), np.int32(step))
       if progress.due(step):
+        check_finite()
         metrics = {f'train/{k}': float(v) for k, v in sharding.to_host(metrics).items()}
         writer.write(step, metrics)
         if sharding.is_main_process():
           progress.log(step, metrics)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
+        check_finite()
         result = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size,
                                 mesh, pre)
         writer.write(step, {f'eval/{k}': v for k, v in result.items()})
       if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+        check_finite()                                  # never save a non-finite state
         checkpoint.save(mngr, step, params=params, batch_stats=batch_stats, opt_state=opt_state, meta=meta)
       if stop_after is not None and step - start >= stop_after:
+        check_finite()
         return Outcome(params, batch_stats, opt_state, step, init, {})
+    check_finite()
     final = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size,
                            mesh, pre)
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})

@@ -3,13 +3,18 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtransfer import checkpoint
 from jaxtransfer import config as config_lib
 from jaxtransfer import evaluation, rules, train
+from jaxtransfer import objectives as objectives_lib
 
 SMALL_CNN = {'name': 'cnn', 'stages': [8, 16], 'dense': [32]}
 
@@ -109,3 +114,93 @@ def test_label_out_of_range_is_reported(data_dir, tmp_path):
   c.model.num_outputs = 5
   with pytest.raises(ValueError, match=r'label [5-9] out of range for a head with 5 classes \(real_digits split train\)'):
     train.train(c, str(tmp_path))
+
+
+# --- divergence: train.on_nonfinite ----------------------------------------------------------------------
+
+
+class Poisoned(objectives_lib.classification_lib.Classification):
+  """Classification whose loss is NaN on the steps whose key says so (rate), e.g. a corrupt batch."""
+
+  def __init__(self, rate: float):
+    self.rate = rate
+
+  def grads(self, fwd, trainable, state, batch, key):
+    poison = jax.random.bernoulli(jax.random.fold_in(key, 7), self.rate)
+    grads, stats, state, metrics = super().grads(fwd, trainable, state, batch, key)
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+    return grads, stats, state, metrics
+
+
+objectives_lib.register('test_poison_some')(lambda config: Poisoned(0.3))
+objectives_lib.register('test_poison_all')(lambda config: Poisoned(1.0))
+
+
+def scratch_cfg(data_dir, **train):
+  c = config_lib.base()
+  c.input.data_dir, c.input.eval_split, c.input.per_class = data_dir, 'test[:32]', 5
+  c.model.backbone = {'name': 'cnn', 'stages': [4], 'dense': [8]}
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 6, 8, 1, 1
+  c.train.keep_checkpoints = 10
+  c.train.update(train)
+  return c
+
+
+def _finite_checkpoints(workdir):
+  """{step: whether every saved array of params, batch_stats and opt_state is finite}."""
+  mngr, _ = checkpoint.open_for_reading(workdir)
+  try:
+    return {s: all(np.isfinite(np.asarray(x)).all()
+                   for item in ('params', 'opt_state')
+                   for x in jax.tree_util.tree_leaves(checkpoint.restore_subtree(mngr, s, item, None)))
+            for s in mngr.all_steps()}
+  finally:
+    mngr.close()
+
+
+def test_divergence_stops_with_one_line_and_no_nonfinite_checkpoint(data_dir, tmp_path):
+  c = scratch_cfg(data_dir, log_every=100)      # detected at a checkpoint save, not a log step
+  c.optim.lr = 1e12
+  with pytest.raises(train.NonFiniteError, match=r'^step (\d+): .* last good checkpoint: (.*/checkpoints/\d+ '
+                                                 r'\(step \d+\)|none)$') as e:
+    train.train(c, str(tmp_path))
+  message = str(e.value)
+  assert '\n' not in message and 'train.on_nonfinite=stop' in message
+  bad_step = int(message.split(':')[0].split()[1])
+  saved = _finite_checkpoints(str(tmp_path))
+  assert saved and all(saved.values()) and max(saved) < bad_step, saved   # only good states were written
+  assert message.endswith(f'checkpoints/{max(saved)} (step {max(saved)})')
+
+
+def test_divergence_through_the_cli_is_one_line_and_exit_code_2(data_dir, tmp_path):
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'configs',
+                        'scratch_digits.py')
+  p = subprocess.run([sys.executable, '-m', 'jaxtransfer.cli', 'finetune', f'--config={config}',
+                      f'--workdir={tmp_path}', f'--config.input.data_dir={data_dir}', '--config.optim.lr=1e12',
+                      "--config.model.backbone={'name': 'cnn', 'stages': [4], 'dense': [8]}",
+                      '--config.train.steps=4', '--config.train.checkpoint_every=1', '--config.train.batch_size=8'],
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2, p.stderr
+  lines = [l for l in p.stderr.splitlines() if 'error' in l.lower()]
+  assert len(lines) == 1 and 'non-finite' in lines[0] and 'last good checkpoint' in lines[0], p.stderr
+  assert all(_finite_checkpoints(str(tmp_path)).values())
+
+
+def test_skip_policy_skips_poisoned_steps_and_stops_after_n_in_a_row(data_dir, tmp_path):
+  c = scratch_cfg(data_dir, on_nonfinite='skip', max_nonfinite=3)
+  c.objective = 'test_poison_some'
+  out = train.train(c, str(tmp_path / 'some'))
+  lines = [json.loads(l) for l in open(tmp_path / 'some' / 'metrics.jsonl') if 'train/loss' in l]
+  skipped = [int(l['train/skipped']) for l in lines]
+  assert out.step == 6 and skipped[-1] == out.opt_state.total_notfinite and 0 < skipped[-1] < 6, skipped
+  mngr, _ = checkpoint.open_for_reading(str(tmp_path / 'some'))
+  params = {s: checkpoint.restore_subtree(mngr, s, 'params', None) for s in mngr.all_steps()}
+  mngr.close()
+  for s in range(2, 7):   # a skipped step leaves every parameter exactly as it was; the others move them
+    same = jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, params[s], params[s - 1]))
+    assert same == (skipped[s - 1] > skipped[s - 2]), (s, skipped)
+  c.objective = 'test_poison_all'
+  with pytest.raises(train.NonFiniteError, match=r'^step 3: 3 steps in a row had non-finite gradients and were '
+                                                 r'skipped \(train.on_nonfinite=skip\).*checkpoints/2 \(step 2\)$'):
+    train.train(c, str(tmp_path / 'all'))
+  assert sorted(_finite_checkpoints(str(tmp_path / 'all'))) == [1, 2]
