@@ -46,6 +46,10 @@ mutate_file = $(if $(filter fewshot,$(1)),jaxtransfer/data/fewshot.py,jaxtransfe
 MUTATE_PRELOAD := numpy scipy.optimize jax jax.numpy flax.linen optax orbax.checkpoint tensorflow_datasets grain \
                   ml_collections pytest jaxtransfer.train jaxtransfer.advise jaxtransfer.data.fewshot
 
+# Statements not mutated: raising an error and logging (only their message text would change, and no code
+# may branch on an error's message: which error is raised is decided by the line before).
+MUTATE_SKIP := '^\s*raise\b' '^\s*log\.\w+\('
+
 $(BIN)/mutmut: $(BIN)/jaxtransfer
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,mutate]'
 	touch $@
@@ -62,8 +66,9 @@ mutate-%: $(BIN)/mutmut
 	@cp -r jaxtransfer pyproject.toml $(ws)/ && find $(ws)/jaxtransfer -name __pycache__ -prune -exec rm -rf {} +
 	@cp tests/conftest.py $(mutate_tests_$*) $(ws)/tests/
 	@printf '%s\n' $(MUTATE_PRELOAD) > $(ws)/preload.txt
-	@printf '[mutmut]\nsource_paths = jaxtransfer\nonly_mutate = %s\nprocess_isolation = forkserver\nforkserver_warmup = import\npreload_modules_file = %s\npytest_add_cli_args_test_selection =\n' \
+	@printf '[mutmut]\nsource_paths = jaxtransfer\nonly_mutate = %s\nprocess_isolation = forkserver\nforkserver_warmup = import\npreload_modules_file = %s\n' \
 	  $(call mutate_file,$*) $(abspath $(ws))/preload.txt > $(ws)/setup.cfg
+	@printf 'do_not_mutate_patterns =\n  %s\n  %s\npytest_add_cli_args_test_selection =\n' $(MUTATE_SKIP) >> $(ws)/setup.cfg
 	@for t in $(notdir $(mutate_tests_$*)); do echo "  tests/$$t" >> $(ws)/setup.cfg; done
 	@$(if $(mutate_k_$*),printf '  -k\n  %s\n' '$(mutate_k_$*)' >> $(ws)/setup.cfg,true)
 	@echo "mutate $*: $(call mutate_file,$*) against $(mutate_tests_$*) $(if $(mutate_k_$*),(-k '$(mutate_k_$*)')), at most $(MUTATE_TIMEOUT) s"
