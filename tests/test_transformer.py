@@ -234,3 +234,16 @@ def test_last_1_train_steps_move_only_the_top_layer_and_the_head():
                                                                    rules.flatten(p).values())}
   for path, changed in moved.items():
     assert changed == path.startswith(('head/', 'backbone/block_2/')), path
+
+
+def test_patch_embed_is_the_strided_convolution():
+  import flax.linen as nn
+
+  images = jnp.asarray(np.random.RandomState(1).rand(2, 30, 29, 3), jnp.float32)   # remainder rows/cols dropped
+  embed = transformer.PatchEmbed(8, 7)
+  v = embed.init(jax.random.key(0), images)
+  v = jax.tree_util.tree_map(lambda x: x + 0.1, v)                                  # non-zero bias too
+  want = nn.Conv(8, (7, 7), (7, 7), padding='VALID').apply(v, images)
+  got = embed.apply(v, images)
+  assert got.shape == (2, 4, 4, 8)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -106,6 +106,26 @@ class TokenStem(nn.Module):
     return x, tokens != self.pad_id
 
 
+class PatchEmbed(nn.Module):
+  """p×p patches → `features`: what `nn.Conv(features, (p, p), strides=p, padding='VALID')` computes, with
+  the same parameters (kernel (p, p, C, features), bias), as one matmul over the non-overlapping patches
+  — XLA:CPU runs convolutions over 1- or 3-channel images slowly (models/conv.py)."""
+  features: int
+  patch_size: int
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    p = self.patch_size
+    b, h, w, c = images.shape
+    gh, gw = h // p, w // p
+    if not gh or not gw:
+      raise errors.ConfigError(f'transformer patch_size={p} is larger than the {h}×{w} image')
+    kernel = self.param('kernel', _KERNEL_INIT, (p, p, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    patches = images[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, c)
+    return jnp.einsum('bipjqc,pqcd->bijd', patches, kernel) + bias
+
+
 class PatchStem(nn.Module):
   """Images (B, H, W, C) → patch embeddings (B, N [+1], D) and an all-true mask.
 
@@ -121,9 +141,7 @@ class PatchStem(nn.Module):
   def __call__(self, images: jax.Array, *, deterministic: bool) -> tuple[jax.Array, jax.Array]:
     if images.ndim != 4:
       raise errors.DataError(f'transformer stem=patches takes NHWC images, got shape {images.shape}')
-    p = self.patch_size
-    x = nn.Conv(self.width, (p, p), (p, p), padding='VALID', kernel_init=_KERNEL_INIT, name='patch_embed')(
-        images.astype(jnp.float32))
+    x = PatchEmbed(self.width, self.patch_size, name='patch_embed')(images.astype(jnp.float32))
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
     if self.cls:
