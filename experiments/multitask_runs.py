@@ -57,7 +57,7 @@ def _log(i: int, n: int, r: sweep.Result) -> None:
 
 # A config that leaves no training example (unknown_policy='drop' with no fully labelled example) is a
 # cell without a result, recorded as such; any other error stops the experiment.
-NO_RESULT: tuple[type[Exception], ...] = (errors.DataError,)
+NO_RESULT: tuple[type[Exception], ...] = (errors.NoTrainingExamples,)
 
 
 def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir: str,

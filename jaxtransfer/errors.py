@@ -20,3 +20,10 @@ class ConfigError(Error):
 
 class DataError(Error):
   """A dataset, split, label or data file is unusable (names the dataset, split, label or file)."""
+
+
+class NoTrainingExamples(DataError):
+  """The config leaves no example to train on (e.g. `mtl.unknown_policy='drop'` with no fully labelled one).
+
+  A sweep records such a cell as "no result" instead of stopping (`sweep.Run.no_result`).
+  """

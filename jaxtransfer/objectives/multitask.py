@@ -220,7 +220,7 @@ class MultiTask(base.Objective):
       lab = np.asarray(labels[t.name]).reshape(n, -1)
       known &= ~np.isnan(lab).any(1) if t.task.kind == 'regression' else (lab >= 0).all(1)
     if not known.any():
-      raise errors.DataError(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
+      raise errors.NoTrainingExamples(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
                              f'split {config.input.train_split}')
     return np.flatnonzero(known)
 
