@@ -221,7 +221,7 @@ class MultiTask(base.Objective):
       known &= ~np.isnan(lab).any(1) if t.task.kind == 'regression' else (lab >= 0).all(1)
     if not known.any():
       raise errors.NoTrainingExamples(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
-                             f'split {config.input.train_split}')
+                                      f'split {config.input.train_split}')
     return np.flatnonzero(known)
 
   @property
