@@ -59,20 +59,28 @@ class Tokenizer:
     """sha256 of the tokenizer JSON: two tokenizers are the same iff their fingerprints are."""
     return hashlib.sha256(self.content.encode()).hexdigest()
 
-  @property
-  def _tokenizer(self) -> Any:
-    cached = self.__dict__.get('_cached')
-    if cached is None:
+  def _load(self, max_len: int | None = None) -> Any:
+    """The `tokenizers.Tokenizer` without padding, truncating to `max_len` (None: not truncating). One
+    instance per `max_len`, built once: encoding never changes a shared tokenizer's settings."""
+    cache = self.__dict__.setdefault('_instances', {})   # frozen dataclass: a private cache beside the fields
+    if max_len not in cache:
       import tokenizers
 
       try:
-        cached = tokenizers.Tokenizer.from_str(self.content)
+        tok = tokenizers.Tokenizer.from_str(self.content)
       except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
         raise TokenizerError(f'not a tokenizers JSON ({type(e).__name__}: {str(e)[:100]})') from None
-      cached.no_padding()
-      cached.no_truncation()
-      object.__setattr__(self, '_cached', cached)
-    return cached
+      tok.no_padding()
+      if max_len is None:
+        tok.no_truncation()
+      else:
+        tok.enable_truncation(max_len)
+      cache[max_len] = tok
+    return cache[max_len]
+
+  @property
+  def _tokenizer(self) -> Any:
+    return self._load()
 
   @property
   def pad_id(self) -> int:
@@ -94,12 +102,7 @@ class Tokenizer:
       raise TokenizerError(f'max_len={max_len}: must leave room for the special tokens')
     if isinstance(texts, str):
       raise TokenizerError('encode takes a sequence of texts, got one str')
-    tok = self._tokenizer
-    tok.enable_truncation(max_len)
-    try:
-      encodings = tok.encode_batch(list(texts))
-    finally:
-      tok.no_truncation()
+    encodings = self._load(max_len).encode_batch(list(texts))
     t = max((len(e.ids) for e in encodings), default=0)
     out = np.full((len(encodings), t), self.pad_id, np.int32)
     for i, e in enumerate(encodings):
