@@ -139,9 +139,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   n_examples = len(indices) if indices is not None else len(train_source)
 
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
-  start = mngr.latest_step()
+  # Resume from the newest checkpoint that restores; damaged newer ones are set aside with a warning.
+  start, resume_meta = checkpoint.newest_restorable(mngr)
   # On resume the model is the one this workdir saved; init_from is never opened again.
-  spec = (checkpoint.read_meta(mngr, start)['model_spec'] if start is not None
+  spec = (resume_meta['model_spec'] if start is not None
           else steps.model_spec(config, num_outputs, objective))
   model = model_lib.build(spec)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
