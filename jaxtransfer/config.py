@@ -93,7 +93,14 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.batch_size = 128
-  c.train.eval_batch_size = 500
+  # Evaluation and feature extraction batches: 0 = the largest batch whose estimated memory (XLA's own
+  # analysis of the compiled step, jaxtransfer/memory.py) fits eval_memory_mb, at most 500; > 0 = that size.
+  c.train.eval_batch_size = 0
+  c.train.eval_memory_mb = 512.0
+  # Head-only runs (every backbone parameter frozen, from transfer.init_from, no augmentation, an objective
+  # that needs only the head's outputs) train the head on the backbone's features, extracted once per
+  # example (features.for_run): same head, metrics and checkpoints, the backbone not run every step.
+  c.train.feature_cache = True
   c.train.log_every = 100
   c.train.eval_every = 0                # 0 = evaluate at the end only
   c.train.checkpoint_every = 500
@@ -170,7 +177,8 @@ CHOICES = {
 RANGES = {
     'train.steps': (1, None, True, True),
     'train.batch_size': (1, None, True, True),
-    'train.eval_batch_size': (1, None, True, True),
+    'train.eval_batch_size': (0, None, True, True),   # 0 = from train.eval_memory_mb
+    'train.eval_memory_mb': (0.0, None, False, True),
     'train.log_every': (1, None, True, True),
     'train.checkpoint_every': (1, None, True, True),
     'train.keep_checkpoints': (1, None, True, True),

@@ -6,18 +6,19 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxtransfer import checkpoint, objectives, sharding, steps
+from jaxtransfer import checkpoint, memory, objectives, sharding, steps
 from jaxtransfer.data import catalog, preprocess
 from jaxtransfer.models import model as model_lib
 
 
 def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None = None,
-                        batch_size: int = 500) -> dict[str, Any]:
+                        batch_size: int | None = None) -> dict[str, Any]:
   """The metrics of the checkpoint at `path` (workdir, checkpoints dir or step dir) under the objective it
   was trained with: accuracy and loss (classification), or per-task metrics and mean AP on the true labels
   (multi-task).
 
-  `data`/`split` default to the evaluation dataset and split the run was configured with.
+  `data`/`split` default to the evaluation dataset and split the run was configured with; `batch_size`
+  to the run's `train.eval_batch_size` (0 or absent: from `train.eval_memory_mb`, see memory.py).
   """
   mngr, step = checkpoint.open_for_reading(path)
   meta = checkpoint.read_meta(mngr, step)
@@ -35,6 +36,8 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
                         manual_dir=config.input.manual_dir or None)
   objective = objectives.from_config(config)
-  result = steps.evaluate(jax.jit(steps.make_eval_step(model, objective)), objective, params, stats, source,
-                          batch_size, mesh, pre)
+  eval_step = jax.jit(steps.make_eval_step(model, objective))
+  if batch_size is None:
+    batch_size = memory.eval_batch_size(config.train, eval_step, (params, stats), source, mesh, pre)
+  result = steps.evaluate(eval_step, objective, params, stats, source, batch_size, mesh, pre)
   return {'checkpoint': os.path.join(mngr.directory, str(step)), 'data': data, 'split': split, **result}

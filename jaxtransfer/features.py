@@ -33,8 +33,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import checkpoint, errors, objectives, optim, rules, steps, transfer
+from jaxtransfer import checkpoint, errors, memory, objectives, optim, rules, sharding, steps, transfer
 from jaxtransfer.data import catalog, fewshot, pipeline
+from jaxtransfer.data import preprocess as preprocess_lib
 from jaxtransfer.models import model as model_lib
 
 log = logging.getLogger('jaxtransfer')
@@ -75,14 +76,21 @@ def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ..
   return Backbone(spec, params['backbone'], (stats or {}).get('backbone', {}), name)
 
 
-def extract(backbone: Backbone, source: Sequence[Any], *, batch_size: int = 500,
-            indices: np.ndarray | None = None) -> Features:
-  """Features of every example of `source` (in order), with the backbone in inference mode."""
+def extract(backbone: Backbone, source: Sequence[Any], *, batch_size: int = 0,
+            indices: np.ndarray | None = None, memory_mb: float = 512) -> Features:
+  """Features of every example of `source` (in order), with the backbone in inference mode.
+
+  `batch_size` 0: the largest batch whose memory fits `memory_mb` (`memory.batch_size`).
+  """
   module = model_lib.build_backbone(backbone.spec)
   variables = {'params': backbone.params}
   if jax.tree_util.tree_leaves(backbone.batch_stats):
     variables['batch_stats'] = backbone.batch_stats
   fn = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  if not batch_size:
+    n = len(indices) if indices is not None else len(source)
+    batch_size = memory.batch_size(lambda v, b: fn(v, b['image']), (variables,), memory.example_of(source),
+                                   sharding.make_mesh(1), budget_mb=memory_mb, cap=max(1, min(memory.MAX_BATCH, n)))
   xs, ys = [], []
   for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices):
     keep = batch['mask'] > 0
@@ -154,6 +162,116 @@ class _FeatureSource:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     return {'image': self.feats.x[i], 'label': self.feats.y[i]}
+
+
+# --- head-only runs of the training loop on cached features ----------------------------------------
+
+
+class _Rows:
+  """A random-access source over arrays with a common first axis: {'image': features, 'label', …}."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
+
+  def __len__(self) -> int:
+    return len(self.arrays['image'])
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {k: v[i] for k, v in self.arrays.items()}
+
+  def __getitems__(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+    ids = np.asarray(ids, np.int64)
+    block = {k: v[ids] for k, v in self.arrays.items()}
+    return [{k: v[j] for k, v in block.items()} for j in range(len(ids))]
+
+
+@dataclasses.dataclass
+class CachedRun:
+  """What `train.train` trains on instead when a run's head learns on cached features.
+
+  `model` is the run's head on the identity (`Identity`): it takes the run's full parameter, BatchNorm
+  and optimizer state trees unchanged (the frozen backbone's entries ride along untouched), so the same
+  train step, optimizer and checkpoints serve, and a checkpoint holds the full model. The sources hold
+  the backbone's features of the (selected) training examples, in their order, and of the eval split;
+  they are already preprocessed (the loop passes no `Preprocess` and no `indices` with them).
+  """
+  model: model_lib.Model
+  train_source: _Rows
+  eval_source: _Rows
+
+
+def cache_blocker(config: ml_collections.ConfigDict, objective: objectives.Objective, params: Any,
+                  batch_stats: Any, labels: Any, pre: preprocess_lib.Preprocess) -> str | None:
+  """Why the run `config` describes cannot train its head on cached features; None when it can.
+
+  It can when the features of an example are the same at every step and are all the loss sees: the
+  run starts from `transfer.init_from` (or resumes such a run); every backbone parameter is frozen and
+  sits in a block (frozen blocks run in inference mode: BatchNorm on running averages, no dropout); no
+  augmentation (`input.random_crop`, `input.flip`); and the objective's loss and predictions are the
+  head's outputs on `batch['image']` (the default `Objective.grads` and `predict`: classification).
+  """
+  backbone_labels = jax.tree_util.tree_leaves(labels.get('backbone', {}))
+  if not backbone_labels or any(v != rules.FREEZE for v in backbone_labels):
+    return 'backbone parameters train'
+  if not config.train.get('feature_cache', True):
+    return 'train.feature_cache=False'
+  if not config.transfer.init_from:
+    return 'no transfer.init_from'
+  blocks = set(rules.frozen_blocks(labels))
+  outside = (set(params.get('backbone', {})) | set((batch_stats or {}).get('backbone', {}))) - blocks
+  if outside:
+    return f'backbone variables outside its blocks ({", ".join(sorted(outside))})'
+  if pre.crop or pre.flip:
+    return 'augmentation (input.random_crop / input.flip)'
+  kind = type(objective)
+  if (kind.grads is not objectives.Objective.grads or kind.predict is not objectives.Objective.predict
+      or objective.input_key != 'image'):
+    return f'objective {objective.name!r} computes more than the head outputs on the images'
+  return None
+
+
+def _features_of(fn: Any, params: Any, batch_stats: Any, source: Sequence[Any], indices: np.ndarray | None,
+                 batch_size: int, mesh: jax.sharding.Mesh, pre: preprocess_lib.Preprocess) -> dict[str, np.ndarray]:
+  """{'image': features, 'label', …} of every (selected) example, in order, padding dropped. Every process
+  gets every row (`fn`'s outputs are replicated), as `train_batches` needs."""
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), preprocess=pre):
+    out = sharding.to_host(fn(params, batch_stats, sharding.shard_batch(batch, mesh)))
+    keep = np.asarray(out.pop('mask')) > 0
+    for k, v in out.items():
+      parts.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def for_run(config: ml_collections.ConfigDict, objective: objectives.Objective, model: model_lib.Model,
+            params: Any, batch_stats: Any, labels: Any, train_source: Sequence[Any], eval_source: Sequence[Any],
+            indices: np.ndarray | None, pre: preprocess_lib.Preprocess,
+            mesh: jax.sharding.Mesh) -> CachedRun | None:
+  """The cached-feature version of a `train.train` run, or None when `cache_blocker` says it has none.
+
+  The frozen backbone runs once per training example (those `indices` selects) and once per eval
+  example, in inference mode — what every train step's forward pass through frozen blocks computes —
+  with the evaluation batch size (`memory.eval_batch_size`).
+  """
+  why = cache_blocker(config, objective, params, batch_stats, labels, pre)
+  if why is not None:
+    if why != 'backbone parameters train':
+      log.info('feature cache not used: %s', why)
+    return None
+
+  def fn(p, s, batch):
+    feats = model.apply(model_lib.variables(p, s), batch['image'], train=False, method=model_lib.Model.features)
+    return {**{k: v for k, v in batch.items() if k != 'image'}, 'image': feats.astype(jnp.float32)}
+
+  fn = jax.jit(fn, out_shardings=sharding.replicated(mesh))
+  size = memory.eval_batch_size(config.train, fn, (params, batch_stats), train_source, mesh, pre)
+  tr = _features_of(fn, params, batch_stats, train_source, indices, size, mesh, pre)
+  te = _features_of(fn, params, batch_stats, eval_source, None, size, mesh, pre)
+  log.info('head-only run on cached features: the frozen backbone runs once per example: %d train + %d eval '
+           'examples extracted (batch %d, %d features each); train.feature_cache=False turns this off',
+           len(tr['image']), len(te['image']), size, tr['image'].shape[-1])
+  return CachedRun(model_lib.Model(backbone=Identity(), head=model.head), _Rows(tr), _Rows(te))
 
 
 def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | None = None) -> dict[str, float]:

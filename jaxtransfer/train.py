@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import checkpoint, errors, objectives, optim, rules, sharding, steps, transfer
+from jaxtransfer import checkpoint, errors, features, memory, objectives, optim, rules, sharding, steps, transfer
 from jaxtransfer.data import catalog, pipeline, preprocess
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.progress import MetricWriter, ProgressLog
@@ -186,6 +186,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
            sum(x.size for x in jax.tree_util.tree_leaves(params)), list(frozen) or 'none')
 
   log.info('mesh %s: %s', dict(mesh.shape), sharding.describe(param_sh, params))
+  eval_source = catalog.load(config.input.eval_data or config.data, config.input.eval_split,
+                             data_dir=data_dir, manual_dir=manual_dir)
+  # A head on a frozen backbone trains on the backbone's features, extracted once (features.for_run): the
+  # same steps, optimizer and state trees, on a model whose backbone is the identity.
+  cached = features.for_run(config, objective, model, params, batch_stats, labels, train_source, eval_source,
+                            indices, pre, mesh)
+  if cached is not None:
+    model, train_source, eval_source, indices, pre = cached.model, cached.train_source, cached.eval_source, None, None
   # Freezing schedules (gradual unfreezing, LP-FT) change the frozen blocks at these optimizer steps; the
   # step is recompiled there so BatchNorm of a not-yet-trained block stays in inference mode.
   starts = optim.start_steps(config.optim, labels)
@@ -196,8 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
       donate_argnums=(0, 1, 2, 3), out_shardings=(param_sh, stats_sh, opt_sh, rep, rep))
   train_step = compile_step(optim.frozen_blocks_at(labels, starts, start) if changes else frozen)
   eval_step = jax.jit(steps.make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))
-  eval_source = catalog.load(config.input.eval_data or config.data, config.input.eval_split,
-                             data_dir=data_dir, manual_dir=manual_dir)
+  eval_batch_size = memory.eval_batch_size(config.train, eval_step, (params, batch_stats), eval_source, mesh, pre)
   meta = {'model_spec': spec, 'config': config.to_dict(), 'class_names': list(info.class_names)}
   writer = MetricWriter(workdir)
   progress = ProgressLog(start, config.train.steps, every=config.train.log_every)
@@ -222,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
           progress.log(step, metrics)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
         check_finite()
-        result = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size,
+        result = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, eval_batch_size,
                                 mesh, pre)
         writer.write(step, {f'eval/{k}': v for k, v in result.items()})
       if step % config.train.checkpoint_every == 0 or step == config.train.steps:
@@ -232,7 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         check_finite()
         return Outcome(params, batch_stats, opt_state, step, init, {})
     check_finite()
-    final = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, config.train.eval_batch_size,
+    final = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, eval_batch_size,
                            mesh, pre)
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})
     log.info('%s: step %d eval %s', workdir, step, ', '.join(

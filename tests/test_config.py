@@ -41,7 +41,7 @@ def test_experiment_configs_pass(path):
 
 @pytest.mark.parametrize('key, value', [
     ('train.steps', 0), ('train.steps', -5), ('train.steps', 2.5), ('train.batch_size', 0),
-    ('train.eval_batch_size', 0), ('train.log_every', 0), ('train.checkpoint_every', 0),
+    ('train.eval_batch_size', -1), ('train.eval_memory_mb', 0), ('train.log_every', 0), ('train.checkpoint_every', 0),
     ('train.keep_checkpoints', 0), ('train.eval_every', -1),
     ('optim.lr', 0.0), ('optim.lr', -1e-3), ('optim.lr', math.inf), ('optim.lr', math.nan), ('optim.lr', 'fast'),
     ('optim.lp_lr', 0.0), ('optim.warmup_steps', -1), ('optim.warmup_steps', 1000), ('optim.momentum', 1.0),
