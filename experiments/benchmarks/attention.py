@@ -1,6 +1,7 @@
 """Benchmark: the Transformer encoder with its three attention implementations, side by side.
 
-    python -m experiments.benchmarks.attention [--batch=32] [--seq=64] [--rounds=20] [--out=runs/bench/attention]
+    python -m experiments.benchmarks.attention [--batch=32] [--seq=64] [--sizes=tiny,minilm] [--rounds=20]
+        [--out=runs/bench/attention]
 
   einsum   two `jnp.einsum`s, a masked softmax (transformer.SelfAttention);
   xla      `jax.nn.dot_product_attention(implementation='xla')` on the same q/k/v projections;
@@ -52,9 +53,9 @@ def programs(size: str, batch: int, seq: int) -> dict:
   return out
 
 
-def run(batch: int, seq: int, rounds: int) -> dict:
+def run(batch: int, seq: int, rounds: int, sizes: tuple[str, ...] = tuple(SIZES)) -> dict:
   rows = []
-  for size in SIZES:
+  for size in sizes:
     progs = programs(size, batch, seq)
     for program in ('forward', 'forward+backward'):
       fns = {impl: fn for (p, impl), fn in progs.items() if p == program}
@@ -75,12 +76,16 @@ def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--seq', type=int, default=64)
+  ap.add_argument('--sizes', default=','.join(SIZES), help=f'comma-separated subset of {", ".join(SIZES)}')
   ap.add_argument('--rounds', type=int, default=20)
   ap.add_argument('--out', default='runs/bench/attention')
   a = ap.parse_args(argv)
   from jaxtransfer import runtime
   runtime.configure()   # XLA flags and the allocator, before jax starts
-  res = run(a.batch, a.seq, a.rounds)
+  sizes = tuple(a.sizes.split(','))
+  if unknown := [s for s in sizes if s not in SIZES]:
+    ap.error(f'--sizes: unknown {unknown}; known: {", ".join(SIZES)}')
+  res = run(a.batch, a.seq, a.rounds, sizes)
   report.write(a.out, 'attention', res, markdown(res))
 
 
