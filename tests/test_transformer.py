@@ -166,7 +166,8 @@ def test_dropout_only_in_training_and_not_in_frozen_blocks():
 @pytest.mark.parametrize('kw, error', [({'stem': 'words'}, errors.ConfigError),
                                        ({'pool': 'max'}, errors.ConfigError),
                                        ({'width': 15}, errors.ConfigError),
-                                       ({'max_len': 8}, errors.ConfigError)])
+                                       ({'max_len': 8}, errors.ConfigError),
+                                       ({'drop_last': 3}, errors.ConfigError)])
 def test_bad_config_is_a_typed_error(kw, error):
   with pytest.raises(error):
     init(encoder(**kw), tokens())

@@ -252,6 +252,9 @@ class TransformerEncoder(nn.Module):
     layer = {'num_heads': self.num_heads, 'mlp_dim': self.mlp_dim or 4 * self.width, 'layout': self.layout,
              'dropout': self.dropout, 'attention_dropout': self.attention_dropout, 'attention': self.attention}
     blocks += [(EncoderBlock, layer)] * self.num_layers
+    if not 0 <= self.drop_last < len(blocks):
+      raise errors.ConfigError(f'transformer drop_last={self.drop_last}: the encoder has {len(blocks)} blocks '
+                               '(the stem stays)')
     return blocks[:len(blocks) - self.drop_last]
 
   @nn.compact
