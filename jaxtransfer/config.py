@@ -247,9 +247,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if value is not _ABSENT and value not in allowed:
       raise _bad(key, value, f'expected one of {" | ".join(repr(a) for a in allowed)}')
-  steps, warmup = _get(config, 'train.steps'), _get(config, 'optim.warmup_steps')
-  if steps is not _ABSENT and warmup is not _ABSENT and warmup and warmup >= steps:
-    raise _bad('optim.warmup_steps', warmup, f'must be < train.steps ({steps})')
+  # optim.warmup_steps ≥ train.steps is allowed: optim.schedule clamps the warm-up to the run (a shortened
+  # pretraining keeps the preset's warm-up without an error).
+  steps = _get(config, 'train.steps')
   lp_steps = _get(config, 'optim.lp_steps')
   if steps is not _ABSENT and lp_steps is not _ABSENT and lp_steps and lp_steps >= steps:
     raise _bad('optim.lp_steps', lp_steps, f'must be < train.steps ({steps}): LP-FT needs steps left to fine-tune')

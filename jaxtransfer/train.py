@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import checkpoint, errors, features, memory, objectives, optim, rules, sharding, steps, transfer
+from jaxtransfer import (checkpoint, config as config_lib, errors, features, memory, objectives,
+                         optim, rules, sharding, steps, transfer)
 from jaxtransfer.data import catalog, pipeline, preprocess
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.progress import MetricWriter, ProgressLog
@@ -118,7 +119,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   `stop_after` ends the run after that many steps of this call without a final checkpoint or evaluation
   — a preemption, for tests of resumption.
   """
-  objective = objectives.from_config(config)   # first: an unknown objective fails before any work
+  config_lib.validate(config)                  # first: a value out of range fails before any work
+  objective = objectives.from_config(config)   # an unknown objective too
   policy, max_nonfinite = config.train.get('on_nonfinite', 'stop'), config.train.get('max_nonfinite', 10)
   if policy not in NONFINITE_POLICIES:
     raise errors.ConfigError(f'train.on_nonfinite: expected one of {NONFINITE_POLICIES}, got {policy!r}')

@@ -44,7 +44,7 @@ def test_experiment_configs_pass(path):
     ('train.eval_batch_size', -1), ('train.eval_memory_mb', 0), ('train.log_every', 0), ('train.checkpoint_every', 0),
     ('train.keep_checkpoints', 0), ('train.eval_every', -1),
     ('optim.lr', 0.0), ('optim.lr', -1e-3), ('optim.lr', math.inf), ('optim.lr', math.nan), ('optim.lr', 'fast'),
-    ('optim.lp_lr', 0.0), ('optim.warmup_steps', -1), ('optim.warmup_steps', 1000), ('optim.momentum', 1.0),
+    ('optim.lp_lr', 0.0), ('optim.warmup_steps', -1), ('optim.momentum', 1.0),
     ('optim.momentum', -0.1), ('optim.weight_decay', -1e-4), ('optim.grad_clip', -1.0), ('optim.llrd', 0.0),
     ('optim.llrd', 1.5), ('optim.l2sp', -0.1), ('optim.l2sp_head', -0.1), ('optim.unfreeze_every', -1),
     ('optim.lp_steps', -1), ('optim.lp_steps', 1000),
@@ -92,3 +92,13 @@ def test_absent_keys_are_skipped():
   del c.optim['lp_lr']
   del c['distributed']
   config_lib.validate(c)
+
+
+def test_a_warmup_longer_than_the_run_is_allowed_and_clamped():
+  """optim.schedule clamps the warm-up to the run, so a shortened pretraining keeps the preset's warm-up."""
+  from jaxtransfer import optim
+  c = config_lib.pretrain()
+  c.train.steps = 10                     # the preset's warm-up is 50
+  config_lib.validate(c)
+  lr = optim.schedule(c.optim, c.train.steps)
+  assert float(lr(9)) > 0.0 and float(lr(9)) <= c.optim.lr
