@@ -9,11 +9,12 @@ Layout of `<workdir>/checkpoints/<step>/`:
 Orbax writes each step to a temporary directory and renames it when complete (async, in a background
 thread), so a process killed mid-save leaves no directory that `latest_step` would take for a checkpoint.
 
-A step that was complete can still be damaged later (a truncated or deleted file). Every read goes through
-`verify` first, which reads the stored bytes of each value one at a time: a damaged step is reported as one
-`CheckpointError` naming the step and the file or stored value, before Orbax starts its concurrent reads
-(whose failure would leave a ~150-line TensorStore traceback and stray tracebacks from reads still in
-flight). Resuming falls back to the newest step that restores (`newest_restorable`).
+A step that was complete can still be damaged later (a truncated or deleted file). Every restore of a
+PyTree item goes through `verify` first, which reads the stored bytes of each value one at a time: a
+damaged step is reported as one `CheckpointError` naming the step and the file, before Orbax starts its
+concurrent reads (whose failure would leave a ~150-line TensorStore traceback and stray tracebacks from
+reads still in flight). Any other Orbax read failure is wrapped into the same one-line error. Resuming
+falls back to the newest step that restores (`newest_restorable`).
 """
 
 import contextlib
@@ -43,7 +44,8 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
           'opt_state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
 
 
-def manager(directory: str, *, keep: int = 2, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(directory: str, *, keep: int = 2, async_save: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (the `checkpoints/` dir of a workdir)."""
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
@@ -107,7 +109,7 @@ def verify(mngr: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None
     item_dir = os.path.join(step_dir(mngr, step), item)
     if not os.path.isdir(item_dir):
       raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} is missing')
-    where, key = item_dir, None
+    key = None
     try:
       store = ts.KvStore.open({'driver': 'ocdbt', 'base': {'driver': 'file', 'path': item_dir + '/'}}).result()
       keys = store.list().result()
@@ -120,7 +122,8 @@ def verify(mngr: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None
       raise
     except Exception as e:  # TensorStore raises ValueError with a status line; anything else is damage too.
       where = _value_file(item_dir, key) if key is not None else item_dir
-      raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} ({_reason(e)})') from e
+      raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: cannot read {where} '
+                            f'({_reason(e)})') from e
     if not keys:  # Orbax never writes an empty PyTree item, so no keys means no readable manifest.
       raise CheckpointError(f'checkpoint {step_dir(mngr, step)} is damaged: {item_dir} holds no readable value '
                             f'({os.path.join(item_dir, "manifest.ocdbt")} missing or empty)')
@@ -129,7 +132,7 @@ def verify(mngr: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None
 def _value_file(item_dir: str, key: bytes) -> str:
   """'<data file> (value <key>)': the file under `item_dir` that holds the stored value `key`.
 
-  Best effort, from TensorStore's documented dump of the OCDBT B-tree (`tensorstore.ocdbt.dump`), whose
+  Best effort, from TensorStore's dump of the OCDBT B-tree (`tensorstore.ocdbt.dump`, public API), whose
   entries locate a value as 'value:<base>:<relative path>:<offset>:<length>'; if the tree itself cannot be
   read, '<item_dir> (value <key>)'.
   """

@@ -300,7 +300,8 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = 'default'
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return builders.image_label_info(self, __doc__.split('\n\n')[0], IMAGE_SHAPE, tfds.features.ClassLabel(names=CLASS_NAMES))
+    return builders.image_label_info(self, __doc__.split('\n\n')[0], IMAGE_SHAPE,
+                                     tfds.features.ClassLabel(names=CLASS_NAMES))
 
   def _split_generators(self, dl_manager):
     del dl_manager
