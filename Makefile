@@ -25,9 +25,9 @@ bench: install
 
 # `make mutate` (issue #20): mutation testing with mutmut (the `mutate` extra). One core module at a time is
 # mutated and only its own fast tests run against each mutant, in runs/mutate/<module> (a fresh copy of the
-# package and of those tests; mutmut's results there are kept, so a re-run resumes and re-tests only what
-# changed). Each module stops after MUTATE_TIMEOUT seconds of wall time: mutants not reached by then are
-# reported as not checked. Summary: runs/mutate/summary.txt; surviving mutants: runs/mutate/<module>/survived.diff.
+# package and of those tests; mutmut's results there are kept while these copies stay byte-identical, so a
+# re-run resumes where the last one stopped, and start over when any of them changed). Each module stops
+# after MUTATE_TIMEOUT seconds of wall time: mutants not reached by then are reported as not checked. Summary: runs/mutate/summary.txt; surviving mutants: runs/mutate/<module>/survived.diff.
 MUTATE_MODULES ?= losses rules optim transfer checkpoint transferability fewshot
 MUTATE_TIMEOUT ?= 240
 MUTATE_CHILDREN ?= 2
@@ -71,6 +71,8 @@ mutate-%: $(BIN)/mutmut
 	@printf 'do_not_mutate_patterns =\n  %s\n  %s\npytest_add_cli_args_test_selection =\n' $(MUTATE_SKIP) >> $(ws)/setup.cfg
 	@for t in $(notdir $(mutate_tests_$*)); do echo "  tests/$$t" >> $(ws)/setup.cfg; done
 	@$(if $(mutate_k_$*),printf '  -k\n  %s\n' '$(mutate_k_$*)' >> $(ws)/setup.cfg,true)
+	@cd $(ws) && find jaxtransfer tests setup.cfg -type f | sort | xargs md5sum > inputs.new && \
+	  { cmp -s inputs.new inputs.md5 || rm -rf mutants; } && mv inputs.new inputs.md5
 	@echo "mutate $*: $(call mutate_file,$*) against $(mutate_tests_$*) $(if $(mutate_k_$*),(-k '$(mutate_k_$*)')), at most $(MUTATE_TIMEOUT) s"
 	@cd $(ws) && { timeout -k 10 $(MUTATE_TIMEOUT) $(abspath $(BIN))/mutmut run --max-children $(MUTATE_CHILDREN) > run.log 2>&1; \
 	  code=$$?; test $$code = 124 && echo "  stopped at the time limit"; test $$code = 0 -o $$code = 124 || { tail -20 run.log; exit $$code; }; }
