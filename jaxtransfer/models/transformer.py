@@ -13,7 +13,7 @@ the sharding rules, the feature cache and `advise` work as on every other backbo
 So an encoder of `num_layers` L has L + 1 blocks. The stem is block_0 — as ResNet's and EfficientNet's stems
 are — rather than a separate non-block module, because the rules treat backbone parameters outside the
 blocks as "below every block": `last:K` never trains them (so `last:<all>` would not be full fine-tuning),
-`train.split_frozen` keeps them in the differentiated set (a frozen head-only step would trace the backward
+`model.split_frozen` keeps them in the differentiated set (a frozen head-only step would trace the backward
 pass through every frozen layer to reach the embedding) and LLRD gives them llrd**(n+1). As block_0 the
 embedding gets llrd**(L+1) and the top layer llrd — the BERT/ELECTRA layer-wise decay — and it unfreezes last.
 Every parameter lives in a block.
@@ -37,7 +37,9 @@ BatchNorm follows in the other backbones, so a frozen encoder gives the same fea
 Attention implementation (`attention`): 'einsum' (two einsums and a softmax), 'xla'
 (`jax.nn.dot_product_attention`) or 'flax' (`nn.MultiHeadDotProductAttention`); all three have the same
 parameters — query/key/value kernels (width, heads, head_dim), out (heads, head_dim, width) — so this is a
-speed knob, not a format. The default is the fastest measured on CPU (experiments/benchmarks/attention.py).
+speed knob, not a format. Default 'einsum': on CPU the three compile to the same matmuls, einsum with the
+fewest extra transposes and copies, and it is as fast as the others within noise
+(experiments/benchmarks/attention.py); 'xla' cannot drop out attention weights (it falls back to einsum).
 """
 
 from __future__ import annotations
