@@ -248,3 +248,14 @@ def test_patch_embed_is_the_strided_convolution():
   got = embed.apply(v, images)
   assert got.shape == (2, 4, 4, 8)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('attention', transformer.ATTENTIONS)
+def test_an_all_padding_row_stays_finite(attention):
+  """The eval pipeline pads its last batch with all-zero rows: no NaN may leak into outputs or gradients."""
+  x = jnp.zeros((2, 6), jnp.int32).at[0, :3].set(jnp.asarray([5, 6, 7]))
+  m = encoder(attention=attention)
+  v = init(m, x)
+  assert bool(jnp.isfinite(m.apply(v, x)).all())
+  grads = jax.grad(lambda v: jnp.sum(m.apply(v, x) ** 2))(v)
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
