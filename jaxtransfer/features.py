@@ -10,6 +10,12 @@ the head trains on them:
     metrics = linear_probe(config, cache=cache)          # = train.train(config) with trainable='head'
     acc = ridge_probe(tr.x[idx], tr.y[idx], te.x, te.y)  # closed form, milliseconds
 
+`train.train` itself does this for a head-only run (`for_run`: every backbone parameter frozen, from
+`transfer.init_from`, no augmentation, an objective that needs only the head's outputs;
+`train.feature_cache=False` turns it off): the same loop, step, optimizer and state trees on a model whose
+backbone is the identity, fed the features of the training and eval examples, each extracted once; its
+checkpoints hold the full model.
+
 `linear_probe` trains with THE train step of the training loop (`steps.make_train_step`, `optim.make`,
 the same head initialisation, the same training examples and the same batch order from
 `pipeline.train_batches`), on a model whose
