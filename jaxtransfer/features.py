@@ -157,24 +157,12 @@ class Identity(nn.Module):
     return x
 
 
-class _FeatureSource:
-  """A random-access source of {'image': features, 'label'} for `pipeline.train_batches`."""
-
-  def __init__(self, feats: Features):
-    self.feats = feats
-
-  def __len__(self) -> int:
-    return len(self.feats.y)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    return {'image': self.feats.x[i], 'label': self.feats.y[i]}
-
-
 # --- head-only runs of the training loop on cached features ----------------------------------------
 
 
 class _Rows:
-  """A random-access source over arrays with a common first axis: {'image': features, 'label', …}."""
+  """A random-access source over arrays with a common first axis, {'image': features, 'label', …}, for
+  `pipeline.train_batches` / `eval_batches`."""
 
   def __init__(self, arrays: dict[str, np.ndarray]):
     self.arrays = arrays
@@ -312,7 +300,7 @@ def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | Non
   tx = optim.make(config.optim, rules.freeze_labels('all', params), config.train.steps)
   opt_state = tx.init(params)
   step_fn = jax.jit(steps.make_train_step(model, tx, (), objective), donate_argnums=(0, 2))
-  batches = pipeline.train_batches(_FeatureSource(tr), batch_size=config.train.batch_size, seed=config.seed,
+  batches = pipeline.train_batches(_Rows({'image': tr.x, 'label': tr.y}), batch_size=config.train.batch_size, seed=config.seed,
                                    indices=indices)
   for step in range(1, config.train.steps + 1):
     batch = next(batches)
