@@ -84,6 +84,27 @@ def test_cached_head_only_run_matches_the_step_by_step_run(runs):
   assert cached.metrics['accuracy'] > 0.2          # 10 classes: the head learned (0.31 measured)
 
 
+def test_batchnorm_backbone_gives_the_same_head(data_dir, tmp_path):
+  """A frozen ResNet's BatchNorm runs on its running averages in the train step too, so features cached in
+  inference mode give the same head."""
+  c = config_lib.pretrain()
+  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
+  c.model.backbone = {'name': 'resnet', 'depth': [1], 'width': 4}
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 3, 16, 3, 3
+  train.train(c, str(tmp_path / 'pre'))
+  heads = []
+  for on in (True, False):
+    ft = head_only(data_dir, str(tmp_path / 'pre'), steps=10, feature_cache=on)
+    ft.input.eval_split = 'test[:101]'        # an odd count: the last eval/extraction batch is padded
+    heads.append(train.train(ft, str(tmp_path / f'ft_{on}')))
+  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+      jax.tree_util.tree_leaves(heads[0].params['head']), jax.tree_util.tree_leaves(heads[1].params['head'])))
+  assert diff <= HEAD_TOL
+  assert heads[0].metrics['accuracy'] == heads[1].metrics['accuracy'] and heads[0].metrics['count'] == 101
+  for a, b in zip(jax.tree_util.tree_leaves(heads[0].batch_stats), jax.tree_util.tree_leaves(heads[1].batch_stats)):
+    np.testing.assert_array_equal(a, b)     # frozen statistics untouched either way
+
+
 def test_cached_checkpoint_holds_the_full_model(runs):
   workdir, cached, _ = runs['cached']
   again = evaluation.evaluate_checkpoint(workdir)     # rebuilds the full model from the checkpoint's spec
