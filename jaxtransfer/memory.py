@@ -9,8 +9,8 @@ XLA's `compiled.memory_analysis()` gives its bytes, and the batch is the largest
 
     size = memory.batch_size(eval_step, (params, batch_stats), example, mesh, budget_mb=512)
 
-The estimate is per example = (temp + output + batch argument bytes) / probe batch + input bytes ×
-`PIPELINE_COPIES`. Dividing the whole temp by the probe batch counts batch-independent buffers as if they
+The estimate is per example = (temp + output bytes) / probe batch + input bytes × (1 + `PIPELINE_COPIES`)
+(the batch argument itself and the pipeline's copies). Dividing the whole temp by the probe batch counts batch-independent buffers as if they
 grew with the batch, so the estimate errs on the large side (a smaller batch). The model's own parameters
 are not part of the budget: they are resident whatever the batch size. Results do not depend on the batch
 size (evaluation is per example; padding is masked out).
