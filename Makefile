@@ -9,7 +9,7 @@ WORKDIR ?= runs/demo
 $(BIN)/jaxtransfer: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,weights,text]'
 	touch $@
 
 install: $(BIN)/jaxtransfer
