@@ -69,7 +69,17 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
-def guard_step(train_step: Any, objective: objectives.Objective, policy: str, max_nonfinite: int) -> Any:
+def _changing(params: Any, batch_stats: Any, labels: Any, frozen: tuple[str, ...]) -> tuple[Any, Any]:
+  """(the parameters labelled TRAIN, the BatchNorm statistics outside the frozen blocks): what a step changes."""
+  if labels is not None:
+    params = jax.tree_util.tree_map(lambda p, label: p if label == rules.TRAIN else None, params, labels)
+  if frozen and isinstance(batch_stats, dict) and 'backbone' in batch_stats:
+    batch_stats = {**batch_stats, 'backbone': {k: v for k, v in batch_stats['backbone'].items() if k not in frozen}}
+  return params, batch_stats
+
+
+def guard_step(train_step: Any, objective: objectives.Objective, policy: str, max_nonfinite: int,
+               labels: Any = None, frozen: tuple[str, ...] = ()) -> Any:
   """`train_step` plus the divergence check, in the same program (no extra host sync).
 
   (params, batch_stats, opt_state, bad, batch, key, step) → (params, batch_stats, opt_state, bad, metrics):
@@ -77,6 +87,9 @@ def guard_step(train_step: Any, objective: objectives.Objective, policy: str, ma
   'stop' flags a non-finite loss or training state. 'skip' (the optimizer wrapped in
   `optax.apply_if_finite`) keeps the old BatchNorm statistics and objective state on a skipped step,
   reports `skipped` (the total so far) and flags `max_nonfinite` skipped steps in a row or a non-finite state.
+  Only what a step can change is checked: with `labels` (`rules.freeze_labels`) the parameters that train,
+  and the BatchNorm statistics of the blocks not in `frozen` — frozen leaves cannot become non-finite, and
+  reducing over them cost ~5 s of compilation for a head-only EfficientNet-Lite0 step (0.8 s without).
   """
   keep_if = lambda ok, new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
 
@@ -91,7 +104,7 @@ def guard_step(train_step: Any, objective: objectives.Objective, policy: str, ma
       why = jnp.where(state.notfinite_count >= max_nonfinite, _SKIPPED, 0)
     else:
       why = jnp.where(jnp.isfinite(metrics['loss']), 0, _LOSS) if 'loss' in metrics else jnp.array(0)
-    why = jnp.where((why == 0) & ~_all_finite((new_params, new_stats, new_opt)), _STATE, why)
+    why = jnp.where((why == 0) & ~_all_finite((_changing(new_params, new_stats, labels, frozen), new_opt)), _STATE, why)
     bad = jnp.where((bad[0] < 0) & (why > 0), jnp.stack([step, why]).astype(jnp.int32), bad)
     return new_params, new_stats, new_opt, bad, metrics
 
@@ -202,7 +215,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   changes = optim.schedule_changes(labels, starts)
   rep = sharding.replicated(mesh)
   compile_step = lambda frozen: jax.jit(
-      guard_step(steps.make_train_step(model, tx, frozen, objective), objective, policy, max_nonfinite),
+      guard_step(steps.make_train_step(model, tx, frozen, objective), objective, policy, max_nonfinite, labels,
+                 frozen),
       donate_argnums=(0, 1, 2, 3), out_shardings=(param_sh, stats_sh, opt_sh, rep, rep))
   train_step = compile_step(optim.frozen_blocks_at(labels, starts, start) if changes else frozen)
   eval_step = jax.jit(steps.make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))
