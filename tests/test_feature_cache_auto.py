@@ -18,14 +18,9 @@ HEAD_TOL = 1e-5     # max |cached head − step-by-step head| after 30 steps (me
 
 
 @pytest.fixture(scope='module')
-def pretrained(tmp_path_factory, data_dir):
-  c = config_lib.pretrain()
-  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
-  c.model.backbone = CNN
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 3, 16, 3, 3
-  workdir = str(tmp_path_factory.mktemp('fca_pretrain'))
-  train.train(c, workdir)
-  return workdir
+def pretrained(tiny_glyph_checkpoint):
+  """The shared 3-step glyph pretraining of `CNN` (conftest.tiny_glyph_checkpoint)."""
+  return tiny_glyph_checkpoint
 
 
 def head_only(data_dir, init_from, steps=30, **train_keys):

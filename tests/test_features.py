@@ -11,14 +11,9 @@ CNN = {'name': 'cnn', 'stages': [4, 8], 'dense': [16]}
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory, data_dir):
-  c = config_lib.pretrain()
-  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
-  c.model.backbone = CNN
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 3, 16, 3, 3
-  workdir = str(tmp_path_factory.mktemp('fc_pretrain'))
-  train.train(c, workdir)
-  return workdir
+def checkpoint(tiny_glyph_checkpoint):
+  """The shared 3-step glyph pretraining of `CNN` (conftest.tiny_glyph_checkpoint)."""
+  return tiny_glyph_checkpoint
 
 
 def test_linear_probe_on_cached_features_matches_the_head_only_run(checkpoint, data_dir, tmp_path):
