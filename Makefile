@@ -31,7 +31,7 @@ bench: install
 MUTATE_MODULES ?= losses rules optim transfer checkpoint transferability fewshot
 MUTATE_TIMEOUT ?= 240
 MUTATE_CHILDREN ?= 2
-mutate_tests_losses := tests/test_losses.py
+mutate_tests_losses := tests/test_losses.py tests/test_losses_masks.py
 mutate_tests_rules := tests/test_rules.py
 mutate_tests_optim := tests/test_freezing.py tests/test_strategies.py
 mutate_k_optim := not train_loop
