@@ -125,3 +125,6 @@ def test_head_from_class_names_copies_the_matching_outputs(tmp_path):
   np.testing.assert_array_equal(got['backbone']['block_0']['conv_0']['kernel'], target['backbone']['block_0']['conv_0']['kernel'])
   with pytest.raises(transfer.TransferError, match=r"\['7'\] not among the checkpoint's 4 classes"):
     transfer.head_from_class_names(str(tmp_path / 'a'), target, ['0', '7'])
+  no_out = {**target, 'head': {'layer_0': target['head']['out']}}      # a head without an output layer `out`
+  with pytest.raises(transfer.TransferError, match='needs a head with an output layer `out` on both sides'):
+    transfer.head_from_class_names(str(tmp_path / 'a'), no_out, ['B', '0'])
