@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 
 from jaxtransfer import errors
 from jaxtransfer.data import preprocess
-from jaxtransfer.data.builders import glyphs, imagefolder, real_digits, scenes
+from jaxtransfer.data.builders import glyphs, imagefolder, real_digits, scenes, text
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     'glyphs': glyphs.Glyphs,
     'real_digits': real_digits.RealDigits,
     'scenes': scenes.Scenes,   # multi-label: 'labels' / 'true_labels' (T,) arrays, no 'label'
+    'wikitext2': text.Wikitext2,                       # text, no label; needs manual_dir
+    'sentiment_sentences': text.SentimentSentences,    # text + label + domain; needs manual_dir
 }
 
 
@@ -62,7 +64,7 @@ def known_names() -> list[str]:
   for name, cls in BUILDERS.items():
     names.append(name)
     names += [f'{name}/{c.name}' for c in cls.BUILDER_CONFIGS]
-  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>']
+  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>', 'textfile:<path>']
 
 
 TFDS_PREFIX = 'tfds:'
@@ -73,6 +75,8 @@ def _kind(name: str) -> str:
     return 'tfds'
   if name.startswith(imagefolder.PREFIX):
     return 'imagefolder'
+  if name.startswith(text.TEXTFILE_PREFIX):
+    return 'textfile'
   return 'embedded'
 
 
@@ -141,6 +145,8 @@ def builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuild
   kind = _kind(name)
   if kind == 'imagefolder':
     return imagefolder.builder(name, data_dir or default_data_dir())
+  if kind == 'textfile':
+    return text.textfile_builder(name, data_dir or default_data_dir())
   if kind == 'tfds':
     parsed = parse_tfds_name(name)
     kwargs = {'data_dir': data_dir} if data_dir else {}
@@ -177,6 +183,10 @@ def prepare(name: str, *, data_dir: str | None = None,
           shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
     if _kind(name) == 'imagefolder':
       for stale in imagefolder.stale_configs(b):  # the same folder, prepared before its files changed
+        log.info('%s changed since it was prepared: removing %s', name, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    if _kind(name) == 'textfile':
+      for stale in text.stale_configs(b):  # the same file, prepared before it changed
         log.info('%s changed since it was prepared: removing %s', name, stale)
         shutil.rmtree(stale, ignore_errors=True)
     log.info('Preparing %s into %s (first use; progress bars follow) ...', name, b.data_dir)
@@ -324,7 +334,8 @@ def info(name: str, data_dir: str | None = None, *,
   image_key, label_key = _supervised_keys(b) if _kind(name) == 'tfds' else ('image', 'label')
   # Multi-label datasets (scenes) have no single class label: 0 classes, the task names as class names.
   label = b.info.features[label_key] if label_key in b.info.features else None
-  image_shape = tuple(b.info.features[image_key].shape)
+  # Text datasets have no image: image_shape () (a text pipeline takes its shapes from the tokenizer).
+  image_shape = tuple(b.info.features[image_key].shape) if image_key in b.info.features else ()
   if _kind(name) == 'tfds':
     parsed = parse_tfds_name(name)
     if parsed.size:
@@ -359,6 +370,8 @@ def labels(name: str, split: str, data_dir: str | None = None, *,
       y.flags.writeable = False
       _LABELS_CACHE[key] = y
     return _LABELS_CACHE[key]
+  if 'label' not in b.info.features:
+    raise errors.DataError(f'{name}: has no label (features: {", ".join(b.info.features)})')
   key = (os.fspath(b.data_dir), split)
   if key not in _LABELS_CACHE:
     from tensorflow_datasets.proto import tf_example_pb2  # no TF needed
