@@ -31,9 +31,9 @@ log = logging.getLogger('jaxtransfer')
 # (finetune.TUNED_LR, chosen by experiments/tune_lr.py).
 STRATEGIES: tuple[str, ...] = ('scratch', 'head', 'last-1', 'full', 'head+A-digits')
 PER_CLASS = (1, 10, 100)
-# Splitting the batch over 4 CPU devices made pretraining 1.5× faster per step (8.5 vs ~5 steps/s)
-# but the batch-32 fine-tunes slower (10 steps/s, ~2× the 1-device step): the demo stays on JAX's
-# default device layout. Set e.g. 4 here to split (no effect on GPU/TPU).
+# The demo stays on JAX's default device layout: splitting the batch over fake CPU devices sped up the
+# batch-128 pretraining but slowed the batch-32 fine-tunes (BUILD_NOTES.md, "Performance"). Set e.g. 4
+# here to split (no effect on GPU/TPU).
 CPU_DEVICES = 0
 TITLE = 'Transfer demo: glyphs → real handwritten digits'
 CAPTION = 'Test accuracy (%) on the held-out real digits, mean ± std over {n} seed(s).'
