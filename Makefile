@@ -39,8 +39,8 @@ mutate_tests_transfer := tests/test_transfer.py
 mutate_tests_checkpoint := tests/test_transfer.py $(wildcard tests/test_checkpoint_damage.py)
 mutate_tests_transferability := tests/test_transferability.py tests/test_logme_reference.py
 mutate_k_transferability := not real_digits
-mutate_tests_fewshot := tests/test_data.py
-mutate_k_fewshot := fewshot
+mutate_tests_fewshot := tests/test_data.py tests/test_fewshot_edges.py
+mutate_k_fewshot := fewshot or k_equal
 mutate_file = $(if $(filter fewshot,$(1)),jaxtransfer/data/fewshot.py,jaxtransfer/$(1).py)
 # Imported once by mutmut's fork server (no JAX backend is started), not again by every mutant's test run.
 MUTATE_PRELOAD := numpy scipy.optimize jax jax.numpy flax.linen optax orbax.checkpoint tensorflow_datasets grain \

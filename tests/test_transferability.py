@@ -60,6 +60,7 @@ def leep_reference(theta, y):
 def test_hscore_matches_its_definition(shrinkage):
   x, y = _blobs(True, n=60, d=6, k=4, seed=3)
   x32 = x.astype(np.float32)                   # float32 features are scored in float64
+  assert transferability.hscore(x, y) == transferability.hscore(x, y, shrinkage=0.1)   # the documented default
   ref = hscore_reference(x32, y, shrinkage)
   assert transferability.hscore(x32, y, shrinkage=shrinkage) == pytest.approx(ref, rel=1e-10)
   # Invariant to a per-feature shift and to the features' scale.
