@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from jaxtransfer import sweep
+from jaxtransfer import sweep, train
 
 VAL_TRAIN, VAL_EVAL = 'train[:3000]', 'train[3000:]'   # real_digits: subsets from the first, accuracy on the rest
 TIE = 0.005   # validation accuracies this close to the best count as ties: the smaller lr is safer
@@ -35,7 +35,8 @@ MakeConfig = Callable[[str, int, int, float], ml_collections.ConfigDict]   # (st
 def choose(by_lr: dict[str, dict[Any, list[float]]], k: Any) -> str:
   """The smallest lr whose mean validation accuracy at k labels per class is within TIE of the best (an lr
   at the edge of divergence that wins by a hair is not worth a seed that diverges)."""
-  means = {lr: float(np.mean(v[k])) for lr, v in by_lr.items()}
+  # A run that diverged (train.NonFiniteError: no result, None) rules its lr out.
+  means = {lr: -np.inf if any(a is None for a in v[k]) else float(np.mean(v[k])) for lr, v in by_lr.items()}
   top = max(means.values())
   return min((lr for lr, m in means.items() if m >= top - TIE), key=float)
 
@@ -63,9 +64,10 @@ def tune(make_config: MakeConfig, strategies: Sequence[str], per_class: Sequence
           c = make_config(s, k, seed, float(lr))
           c.input.train_split, c.input.eval_split, c.input.eval_data = VAL_TRAIN, VAL_EVAL, ''
           runs.append(sweep.Run(f'{s} lr={lr}', _col(k), seed, c,
-                                os.path.join(workdir, s, f'lr{lr}', str(k), f'seed_{seed}'), fn=run_fn(s)))
-  done = lambda i, n, r: print(f'tune [{i + 1}/{n}] {r.row} k={r.col} seed={r.seed}: val accuracy '
-                               f'{r.metrics["accuracy"]:.4f}', flush=True)
+                                os.path.join(workdir, s, f'lr{lr}', str(k), f'seed_{seed}'), fn=run_fn(s),
+                                no_result=(train.NonFiniteError,)))   # an lr that diverges is a result too
+  done = lambda i, n, r: print(f'tune [{i + 1}/{n}] {r.row} k={r.col} seed={r.seed}: ' + (
+      f'val accuracy {r.metrics["accuracy"]:.4f}' if r.metrics else 'diverged (no result)'), flush=True)
   vals = sweep.values(sweep.run(runs, workers, on_result=done), 'accuracy')
   by_strategy = {s: {lr: vals[f'{s} lr={lr}'] for lr in lrs} for s in strategies}
   best = {s: {k: choose(by_lr, _col(k)) for k in per_class} for s, by_lr in by_strategy.items()}

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -30,6 +31,7 @@ import tensorstore as ts
 from jaxtransfer import errors, rules
 
 ITEMS = ('params', 'batch_stats', 'opt_state', 'meta')
+RECHECK_SECONDS = 1.0        # pause before a step that failed to read is read once more
 DAMAGED_SUFFIX = '.damaged'   # a damaged step set aside by `newest_restorable`: Orbax lists only `<step>` dirs
 
 log = logging.getLogger('jaxtransfer')
@@ -162,22 +164,35 @@ def newest_restorable(mngr: ocp.CheckpointManager) -> tuple[int | None, dict[str
   damaged: list[tuple[int, CheckpointError]] = []
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      meta = read_meta(mngr, step)
-      items = meta.get('items') or [i for i in ITEMS if os.path.isdir(os.path.join(step_dir(mngr, step), i))]
-      verify(mngr, step, [i for i in items if i != 'meta'])
-    except CheckpointError as e:
-      log.warning('skipping damaged checkpoint step %d: %s', step, e)
-      damaged.append((step, e))
-      continue
+      meta = _readable_meta(mngr, step)
+    except CheckpointError:
+      time.sleep(RECHECK_SECONDS)   # a transient read error (open-file limit, a network file system's hiccup)
+      try:                          # must not discard a good newest step: it is damaged if it fails twice
+        meta = _readable_meta(mngr, step)
+      except CheckpointError as e:
+        log.warning('skipping damaged checkpoint step %d: %s', step, e)
+        damaged.append((step, e))
+        continue
     for bad, _ in damaged:
       _set_aside(step_dir(mngr, bad))
     if damaged:
+      if jax.process_count() > 1:   # every process must see the renames before Orbax lists the steps again
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('jaxtransfer_checkpoint_set_aside')
       mngr.reload()
     return step, meta
   if damaged:
     raise CheckpointError(f'no checkpoint in {os.fspath(mngr.directory)} restores (newest: {damaged[0][1]}); '
                           'move the damaged step directories away to start over')
   return None, None
+
+
+def _readable_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The step's meta, after checking that its meta and every item read (`CheckpointError` otherwise)."""
+  meta = read_meta(mngr, step)
+  items = meta.get('items') or [i for i in ITEMS if os.path.isdir(os.path.join(step_dir(mngr, step), i))]
+  verify(mngr, step, [i for i in items if i != 'meta'])
+  return meta
 
 
 def _set_aside(path: str) -> None:

@@ -156,6 +156,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
   # Resume from the newest checkpoint that restores; damaged newer ones are set aside with a warning.
   start, resume_meta = checkpoint.newest_restorable(mngr)
+  if start is not None:   # 'skip' wraps the optimizer state (optax.apply_if_finite): it cannot change on resume
+    saved = resume_meta.get('config', {}).get('train', {}).get('on_nonfinite', 'stop')
+    if (saved == 'skip') != (policy == 'skip'):
+      raise errors.ConfigError(f'train.on_nonfinite={policy!r}, but the checkpoints in {workdir} were written with '
+                               f"{saved!r}: the optimizer state differs; resume with that value or use a new workdir")
   # On resume the model is the one this workdir saved; init_from is never opened again.
   spec = (resume_meta['model_spec'] if start is not None
           else steps.model_spec(config, num_outputs, objective))

@@ -134,3 +134,23 @@ def test_tuning_stage_picks_the_best_lr_per_budget_on_the_validation_split(tmp_p
     transfer_vs_data_size.parse(['--seeds=3', '--tune_seeds=2,100'])
   a = transfer_vs_data_size.parse(['--quick'])
   assert (a.steps, a.per_class, a.tune_seeds, a.lr_grid) == (10, (1, 10), (100,), ('1e-3', '1e-2'))
+
+
+def test_a_diverging_tuning_run_rules_its_lr_out_instead_of_stopping_the_study(tmp_path, capsys):
+  from experiments import tune_lr
+  from jaxtransfer import train
+
+  def diverging(config, workdir):
+    if config.optim.lr == 1e-2 and config.seed == 101:
+      raise train.NonFiniteError('step 3: the loss became non-finite (NaN/inf)')
+    return fake_val_run(config, workdir)
+
+  def make(strategy, k, seed, lr):
+    c = config_lib.finetune(init_from='/ckpt', per_class=k, trainable='head')
+    c.seed, c.optim.lr = seed, lr
+    return c
+
+  out = tune_lr.tune(make, ('a',), (1,), ('1e-3', '1e-2'), (100, 101), str(tmp_path), run_fn=lambda s: diverging)
+  assert out['val_accuracy']['a']['1e-2'][1] == [pytest.approx(1.0), None]
+  assert out['best_lr'] == {'a': {1: 1e-3}}            # 1e-2 scores higher on seed 100 but diverged on 101
+  assert 'diverged (no result)' in capsys.readouterr().out

@@ -13,7 +13,7 @@ import pytest
 
 from jaxtransfer import checkpoint
 from jaxtransfer import config as config_lib
-from jaxtransfer import evaluation, rules, train
+from jaxtransfer import errors, evaluation, rules, train
 from jaxtransfer import objectives as objectives_lib
 
 SMALL_CNN = {'name': 'cnn', 'stages': [8, 16], 'dense': [32]}
@@ -204,3 +204,16 @@ def test_skip_policy_skips_poisoned_steps_and_stops_after_n_in_a_row(data_dir, t
                                                  r'skipped \(train.on_nonfinite=skip\).*checkpoints/2 \(step 2\)$'):
     train.train(c, str(tmp_path / 'all'))
   assert sorted(_finite_checkpoints(str(tmp_path / 'all'))) == [1, 2]
+
+
+def test_resuming_with_another_nonfinite_policy_is_a_one_line_config_error(data_dir, tmp_path):
+  """'skip' wraps the optimizer state (optax.apply_if_finite): switching policy on resume is named, not
+  reported as an unreadable checkpoint."""
+  c = scratch_cfg(data_dir, steps=4, checkpoint_every=2)
+  train.train(c, str(tmp_path / 'run'), stop_after=2)
+  c.train.on_nonfinite = 'skip'
+  with pytest.raises(errors.ConfigError, match=r"^train.on_nonfinite='skip', but the checkpoints in .* were written "
+                                               r"with 'stop'"):
+    train.train(c, str(tmp_path / 'run'))
+  c.train.on_nonfinite = 'stop'
+  assert train.train(c, str(tmp_path / 'run')).init == 'resume'
