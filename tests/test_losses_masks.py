@@ -61,7 +61,7 @@ def test_regression_with_nan_unknowns_and_weights_on_two_outputs():
 
 def test_present_tasks_by_kind_and_example_weights():
   tasks = {'c': losses.Task('classification', 3), 'r': 'regression', 'm': 'multilabel'}
-  labels = {'c': np.array([0, -1, -1, -1]), 'r': np.array([np.nan, 0.0, np.nan, np.nan]),
+  labels = {'c': np.array([0, -1, -1, -1]), 'r': np.array([np.nan, -2.0, np.nan, np.nan]),
             'm': np.array([[-1, -1], [-1, -1], [-1, 1], [-1, -1]])}
   present = losses.present_tasks(labels, tasks)
   assert {k: bool(v) for k, v in present.items()} == {'c': True, 'r': True, 'm': True}
