@@ -151,7 +151,8 @@ def _finite_checkpoints(workdir):
   mngr, _ = checkpoint.open_for_reading(workdir)
   try:
     return {s: all(np.isfinite(np.asarray(x)).all()
-                   for item in ('params', 'opt_state')
+                   for item in ('params', 'batch_stats', 'opt_state')
+                   if os.path.isdir(os.path.join(workdir, 'checkpoints', str(s), item))
                    for x in jax.tree_util.tree_leaves(checkpoint.restore_subtree(mngr, s, item, None)))
             for s in mngr.all_steps()}
   finally:
@@ -186,19 +187,24 @@ def test_divergence_through_the_cli_is_one_line_and_exit_code_2(data_dir, tmp_pa
   assert all(_finite_checkpoints(str(tmp_path)).values())
 
 
-def test_skip_policy_skips_poisoned_steps_and_stops_after_n_in_a_row(data_dir, tmp_path):
+@pytest.mark.parametrize('backbone', ['cnn', 'resnet'])
+def test_skip_policy_skips_poisoned_steps_and_stops_after_n_in_a_row(data_dir, tmp_path, backbone):
   c = scratch_cfg(data_dir, on_nonfinite='skip', max_nonfinite=3)
+  if backbone == 'resnet':   # BatchNorm: a skipped step must keep the old running statistics too
+    c.model.backbone = {'name': 'resnet', 'depth': [1], 'width': 4}
   c.objective = 'test_poison_some'
   out = train.train(c, str(tmp_path / 'some'))
   lines = [json.loads(l) for l in open(tmp_path / 'some' / 'metrics.jsonl') if 'train/loss' in l]
   skipped = [int(l['train/skipped']) for l in lines]
   assert out.step == 6 and skipped[-1] == out.opt_state.total_notfinite and 0 < skipped[-1] < 6, skipped
   mngr, _ = checkpoint.open_for_reading(str(tmp_path / 'some'))
-  params = {s: checkpoint.restore_subtree(mngr, s, 'params', None) for s in mngr.all_steps()}
+  items = ('params', 'batch_stats') if backbone == 'resnet' else ('params',)
+  saved = {item: {s: checkpoint.restore_subtree(mngr, s, item, None) for s in mngr.all_steps()} for item in items}
   mngr.close()
-  for s in range(2, 7):   # a skipped step leaves every parameter exactly as it was; the others move them
-    same = jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, params[s], params[s - 1]))
-    assert same == (skipped[s - 1] > skipped[s - 2]), (s, skipped)
+  for item, by_step in saved.items():
+    for s in range(2, 7):   # a skipped step leaves every parameter (and statistic) exactly as it was
+      same = jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, by_step[s], by_step[s - 1]))
+      assert same == (skipped[s - 1] > skipped[s - 2]), (item, s, skipped)
   c.objective = 'test_poison_all'
   with pytest.raises(train.NonFiniteError, match=r'^step 3: 3 steps in a row had non-finite gradients and were '
                                                  r'skipped \(train.on_nonfinite=skip\).*checkpoints/2 \(step 2\)$'):
