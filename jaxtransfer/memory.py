@@ -68,7 +68,7 @@ def batch_size(fn: Callable[..., Any], args: tuple[Any, ...], example: Mapping[s
     raise errors.ConfigError(f'train.eval_memory_mb: expected a positive budget in MB, got {budget_mb}')
   per = per_example_bytes(fn, args, example, mesh)
   size = fitting(per, budget_mb, data_multiple(mesh), cap)
-  log.info('batch size %d from the memory budget: ~%.2f MB per example, budget %g MB', size, per / 2**20, budget_mb)
+  log.info('batch size %d from the memory budget: ~%.1f KB per example, budget %g MB', size, per / 2**10, budget_mb)
   return size
 
 
