@@ -167,8 +167,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   model = model_lib.build(spec)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
   pre = preprocess.from_config(config.input)
+  # A backbone that init_from is about to overwrite is not randomly initialised (the head's values are the same).
   variables, var_shardings = steps.init_variables(model, key_init, steps.input_shape(config, info.image_shape),
-                                                  config.mesh, mesh)
+                                                  config.mesh, mesh,
+                                                  random_backbone=start is not None or not config.transfer.init_from)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
   param_sh, stats_sh = var_shardings['params'], var_shardings.get('batch_stats', {})
 
