@@ -121,3 +121,23 @@ def test_max_pool_gives_a_nan_window_nan_and_its_gradient_to_the_nan():
   y, vjp = jax.vjp(lambda v: backbones.max_pool(v, 2), x)
   assert bool(jnp.isnan(y).all())
   np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0].ravel(), [0.0, 1.0, 0.0, 0.0])
+
+
+def test_init_without_a_random_backbone_gives_the_same_head_and_a_zero_backbone():
+  """`steps.init_variables(random_backbone=False)` (used before `transfer.init_from` overwrites the backbone)
+  must not change the head a run starts from."""
+  from jaxtransfer import config as config_lib
+  from jaxtransfer import sharding, steps
+  spec = {'backbone': {'name': 'resnet', 'depth': [1], 'width': 4},
+          'head': {'name': 'mlp', 'num_outputs': 3, 'hidden': [8]}}
+  model = model_lib.build(spec)
+  mesh_config = config_lib.base().mesh
+  mesh = sharding.mesh_from_config(mesh_config)
+  full, _ = steps.init_variables(model, jax.random.key(3), (16, 16, 1), mesh_config, mesh)
+  part, _ = steps.init_variables(model, jax.random.key(3), (16, 16, 1), mesh_config, mesh, random_backbone=False)
+  assert jax.tree_util.tree_structure(full) == jax.tree_util.tree_structure(part)
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda a, b: bool(np.array_equal(a, b)), full['params']['head'], part['params']['head']))
+  for tree in (part['params']['backbone'], part['batch_stats']['backbone']):
+    assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(tree))
+  assert any(np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(full['params']['backbone']))
