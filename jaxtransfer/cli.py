@@ -40,7 +40,7 @@ VERBS = {
 VERB_FLAGS = {
     'pretrain': ('config', 'workdir'),
     'finetune': ('config', 'workdir'),
-    'evaluate': ('workdir', 'split', 'data'),
+    'evaluate': ('workdir', 'split', 'data', 'manual_dir'),
     'demo': ('workdir', 'seeds', 'quick'),
     'import-weights': ('workdir', 'weights', 'variant'),
     'advise': ('checkpoints', 'data', 'layers', 'per_class', 'workdir'),
@@ -56,6 +56,8 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and res
 flags.DEFINE_string('split', '', 'evaluate: split to evaluate (default: the run\'s eval split).')
 flags.DEFINE_string('data', '', 'evaluate: dataset to evaluate on (default: the run\'s eval dataset); '
                     'advise: the target dataset.')
+flags.DEFINE_string('manual_dir', '', 'evaluate: where data that cannot be generated lives (default: the run\'s '
+                    'input.manual_dir), e.g. --data=real_digits/mnist_t10k --manual_dir=../shared/data.')
 flags.DEFINE_integer('seeds', 3, 'demo: seeds per fine-tuning cell.')
 flags.DEFINE_boolean('quick', False, 'demo: a tiny budget (seconds), to check the pipeline end to end.')
 flags.DEFINE_string('weights', '', 'import-weights: a PyTorch EfficientNet-Lite state_dict (.pth); default: '
@@ -175,7 +177,8 @@ def _main(argv: list[str]) -> None:
     train.train(FLAGS.config, FLAGS.workdir)
   elif verb == 'evaluate':
     from jaxtransfer import evaluation
-    result = evaluation.evaluate_checkpoint(FLAGS.workdir, data=FLAGS.data or None, split=FLAGS.split or None)
+    result = evaluation.evaluate_checkpoint(FLAGS.workdir, data=FLAGS.data or None, split=FLAGS.split or None,
+                                            manual_dir=FLAGS.manual_dir or None)
     print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in result.items()))
   elif verb == 'import-weights':
     if FLAGS.variant == 'minilm-l6':   # the BERT-family text encoder (safetensors), with its tokenizer

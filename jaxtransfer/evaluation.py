@@ -12,20 +12,23 @@ from jaxtransfer.models import model as model_lib
 
 
 def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None = None,
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, manual_dir: str | None = None) -> dict[str, Any]:
   """The metrics of the checkpoint at `path` (workdir, checkpoints dir or step dir) under the objective it
   was trained with: accuracy and loss (classification), or per-task metrics and mean AP on the true labels
   (multi-task).
 
   `data`/`split` default to the evaluation dataset and split the run was configured with; `batch_size`
-  to the run's `train.eval_batch_size` (0 or absent: from `train.eval_memory_mb`, see memory.py).
+  to the run's `train.eval_batch_size` (0 or absent: from `train.eval_memory_mb`, see memory.py);
+  `manual_dir` to the run's `input.manual_dir` (where data that cannot be generated lives, e.g. to score a
+  real-digits run on `real_digits/mnist_t10k` from ../shared/data).
   """
   mngr, step = checkpoint.open_for_reading(path)
   meta = checkpoint.read_meta(mngr, step)
   config = ml_collections.ConfigDict(meta['config'])
   data = data or config.input.eval_data or config.data
   split = split or config.input.eval_split
-  info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=config.input.manual_dir or None)
+  manual_dir = manual_dir or config.input.manual_dir or None
+  info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=manual_dir)
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.mesh_from_config(config.mesh)
   pre = preprocess.from_config(config.input)
@@ -34,7 +37,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
            if 'batch_stats' in abstract else {})
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
-                        manual_dir=config.input.manual_dir or None)
+                        manual_dir=manual_dir)
   objective = objectives.from_config(config)
   eval_step = jax.jit(steps.make_eval_step(model, objective))
   if batch_size is None:
