@@ -224,20 +224,6 @@ def cache_blocker(config: ml_collections.ConfigDict, objective: objectives.Objec
   return None
 
 
-def _features_of(fn: Any, params: Any, batch_stats: Any, source: Sequence[Any], indices: np.ndarray | None,
-                 batch_size: int, mesh: jax.sharding.Mesh, pre: preprocess_lib.Preprocess) -> dict[str, np.ndarray]:
-  """{'image': features, 'label', …} of every (selected) example, in order, padding dropped. Every process
-  gets every row (`fn`'s outputs are replicated), as `train_batches` needs."""
-  parts: dict[str, list[np.ndarray]] = {}
-  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), preprocess=pre):
-    out = sharding.to_host(fn(params, batch_stats, sharding.shard_batch(batch, mesh)))
-    keep = np.asarray(out.pop('mask')) > 0
-    for k, v in out.items():
-      parts.setdefault(k, []).append(np.asarray(v)[keep])
-  return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 def for_run(config: ml_collections.ConfigDict, objective: objectives.Objective, model: model_lib.Model,
             params: Any, batch_stats: Any, labels: Any, train_source: Sequence[Any], eval_source: Sequence[Any],
             indices: np.ndarray | None, pre: preprocess_lib.Preprocess,
@@ -260,8 +246,9 @@ def for_run(config: ml_collections.ConfigDict, objective: objectives.Objective, 
 
   fn = jax.jit(fn, out_shardings=sharding.replicated(mesh))
   size = memory.eval_batch_size(config.train, fn, (params, batch_stats), train_source, mesh, pre)
-  tr = _features_of(fn, params, batch_stats, train_source, indices, size, mesh, pre)
-  te = _features_of(fn, params, batch_stats, eval_source, None, size, mesh, pre)
+  # Every process gets every row (`fn`'s outputs are replicated), as `pipeline.train_batches` needs.
+  tr = steps.gather(fn, params, batch_stats, train_source, size, mesh, pre, indices)
+  te = steps.gather(fn, params, batch_stats, eval_source, size, mesh, pre)
   log.info('head-only run on cached features: the frozen backbone runs once per example: %d train + %d eval '
            'examples extracted (batch %d, %d features each); train.feature_cache=False turns this off',
            len(tr['image']), len(te['image']), size, tr['image'].shape[-1])

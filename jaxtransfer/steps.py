@@ -140,17 +140,27 @@ def make_eval_step(model: model_lib.Model, objective: objectives.Objective | Non
   return eval_step
 
 
+def gather(fn: Callable[..., Any], params: Any, batch_stats: Any, source: Any, batch_size: int,
+           mesh: jax.sharding.Mesh, pre: preprocess.Preprocess | None = None,
+           indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """{name: (N, …)} of `fn(params, batch_stats, batch)` over every (selected) example of `source`, in order,
+  padded rows of the last batch dropped (`fn` returns the batch's 'mask' with its per-example values).
+
+  Every process runs the same number of (padded) batches, each on its own rows of the global batch.
+  """
+  gathered: dict[str, list[np.ndarray]] = {}
+  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), preprocess=pre):
+    out = sharding.to_host(fn(params, batch_stats, sharding.shard_batch(batch, mesh)))
+    keep = np.asarray(out.pop('mask')) > 0
+    for k, v in out.items():
+      gathered.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in gathered.items()}
+
+
 def evaluate(eval_step: Callable[..., Any], objective: objectives.Objective, params: Any, batch_stats: Any,
              source: Any, batch_size: int, mesh: jax.sharding.Mesh,
              pre: preprocess.Preprocess | None = None) -> dict[str, float]:
   """The objective's metrics over a whole split, exact: padded rows of the last batch are dropped."""
-  gathered: dict[str, list[np.ndarray]] = {}
-  # Every process runs the same number of (padded) batches, each on its own rows of the global batch.
-  for batch in pipeline.eval_batches(source, batch_size=batch_size, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), preprocess=pre):
-    out = sharding.to_host(eval_step(params, batch_stats, sharding.shard_batch(batch, mesh)))
-    keep = np.asarray(out.pop('mask')) > 0
-    for k, v in out.items():
-      gathered.setdefault(k, []).append(np.asarray(v)[keep])
-  values = {k: np.concatenate(v) for k, v in gathered.items()}
+  values = gather(eval_step, params, batch_stats, source, batch_size, mesh, pre)
   return {**objective.summarize(values), 'count': float(len(next(iter(values.values()))))}
