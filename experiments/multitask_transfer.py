@@ -34,18 +34,20 @@ def main(_):
   R.setup()
   sizes = [int(s) for s in FLAGS.sizes]
   inits = ('scratch', 'pretrained')
-  res = R.grid([(f'n{n}/{i}', make(n, i)) for n in sizes for i in inits], FLAGS.seeds, FLAGS.workdir)
+  g = R.grid([(f'n{n}/{i}', make(n, i)) for n in sizes for i in inits], FLAGS.seeds, FLAGS.workdir)
+  res = g.values
   names = {'scratch': 'scratch', 'pretrained': 'glyph-pretrained conv blocks'}
   vals = {names[i]: {n: res[f'n{n}/{i}'] for n in sizes} for i in inits}
   delta = 'Δ pretrained − scratch (paired by seed)'
   vals[delta] = {n: R.paired(res[f'n{n}/pretrained'], res[f'n{n}/scratch']) for n in sizes}
   table = sweep.write_results(
-      FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'sizes': sizes, 'steps': FLAGS.steps},
+      FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'sizes': sizes, 'steps': FLAGS.steps,
+                      'lr': g.lr},
       metric='mean_ap', title='Experiment 6d: transfer from glyphs',
       caption=(f'Mean AP (%) on 1000 test scenes (true labels), mean ± std (ddof=1) over {{n}} seeds, '
                f'{FLAGS.steps} steps, all parameters train; columns: training examples.'),
       row_header='init', xlabel='training scenes', ylabel='mean AP (%)', xscale='log',
-      plot_title='transfer from glyphs', plot_rows=list(names.values()))
+      plot_title='transfer from glyphs', plot_rows=list(names.values()), notes=R.lr_notes(g.lr))
   print(table, flush=True)
 
 

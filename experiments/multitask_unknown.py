@@ -38,7 +38,8 @@ def main(_):
   if 0 not in FRACTIONS or POLICIES[0] != 'mask':
     raise errors.ConfigError('--fractions must include 0 (the fully labelled reference) and --policies start with mask')
   cells = [(f'u{k}/{p}', make(k, p)) for k in FRACTIONS for p in POLICIES if not (k == 0 and p != 'mask')]
-  res = R.grid(cells, FLAGS.seeds, FLAGS.workdir)
+  g = R.grid(cells, FLAGS.seeds, FLAGS.workdir)
+  res = g.values
   for p in POLICIES[1:]:
     res[f'u0/{p}'] = res['u0/mask']  # identical with every label known
   paired = lambda a, b: R.fmt(R.paired(res[a], res[b]))
@@ -52,13 +53,13 @@ def main(_):
   vals = {p: {k: res[f'u{k}/{p}'] for k in FRACTIONS} for p in POLICIES}   # a policy without result: '–'
   table = sweep.write_results(
       FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'fractions': FRACTIONS, 'steps': FLAGS.steps,
-                      'backbone': multitask_scenes.BACKBONE},
+                      'backbone': multitask_scenes.BACKBONE, 'lr': g.lr},
       metric='mean_ap', title='Experiment 6a: unknown labels',
       caption=(f'Mean AP (%) on 1000 fully labelled test scenes, mean ± std (ddof=1) over {{n}} seeds; '
                f'glyph-pretrained conv blocks + max pooling + six heads (all train), {FLAGS.steps} Adam steps of 32; '
                'columns: unknown training labels (%).'),
       row_header='policy', col_label=lambda k: f'{k} %', xlabel='unknown training labels (%)', ylabel='mean AP (%)',
-      plot_title='masked loss vs unknown-as-negative vs drop', notes=target)
+      plot_title='masked loss vs unknown-as-negative vs drop', notes=target + '\n\n' + R.lr_notes(g.lr))
   print(table + '\n' + target, flush=True)
 
 

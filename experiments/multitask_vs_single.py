@@ -59,11 +59,13 @@ def num_params(config) -> int:
 
 def main(_):
   R.setup()
-  mtl, stl, per_task_ap, sizes = {}, {}, {}, {}
+  mtl, stl, per_task_ap, sizes, lrs = {}, {}, {}, {}, {}
   for w in FLAGS.widths:
-    mtl[w] = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir)[f'{w}/multitask']
-    per_task = R.grid([(f'{w}/single_{n}', make(w, {n: spec})) for n, spec in TASKS.items()],
-                      FLAGS.seeds, FLAGS.workdir)           # each value: that task's AP (mean_ap of one task)
+    g = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir)
+    mtl[w] = g.values[f'{w}/multitask']
+    s = R.grid([(f'{w}/single_{n}', make(w, {n: spec})) for n, spec in TASKS.items()],
+               FLAGS.seeds, FLAGS.workdir)           # each value: that task's AP (mean_ap of one task)
+    per_task, lrs = s.values, {**lrs, **g.lr, **s.lr}
     per_task_ap[w] = per_task
     stl[w] = [sum(per_task[f'{w}/single_{n}'][s] for n in TASKS) / len(TASKS)
               if all(per_task[f'{w}/single_{n}'][s] is not None for n in TASKS) else None for s in range(FLAGS.seeds)]
@@ -76,14 +78,16 @@ def main(_):
       f'{sizes[w]["multitask"]:,} / {sizes[w]["single_task_total"]:,}' for w in FLAGS.widths) + ' |')
   table = sweep.write_results(
       FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'multitask': mtl, 'single_task': stl,
-                      'single_task_per_task': per_task_ap, 'params': sizes, 'steps': FLAGS.steps},
+                      'single_task_per_task': per_task_ap, 'params': sizes, 'steps': FLAGS.steps,
+                      'lr': lrs},
       metric='mean_ap', title='Experiment 6b: multi-task vs single-task networks across widths',
       caption=(f'Mean AP (%) on 1000 test scenes (scenes/u0, fully labelled), mean ± std (ddof=1) over {{n}} seeds, '
                f'{FLAGS.steps} Adam steps of 32 each, every width from its own glyph pretraining; columns: conv '
                'widths.'),
       row_header='', xlabel='conv widths', ylabel='mean AP (%)', plot_title='one shared network vs six separate ones',
       plot_rows=['multi-task (1 network)', 'single-task (6 networks)'],
-      notes='| | ' + ' | '.join(FLAGS.widths) + ' |\n|---|' + '---|' * len(FLAGS.widths) + '\n' + params)
+      notes='| | ' + ' | '.join(FLAGS.widths) + ' |\n|---|' + '---|' * len(FLAGS.widths) + '\n' + params
+      + '\n\n' + R.lr_notes(lrs))
   print(table, flush=True)
 
 

@@ -35,7 +35,8 @@ def make(method: str):
 
 def main(_):
   R.setup()
-  res = R.grid([(m, make(m)) for m in FLAGS.methods], FLAGS.seeds, FLAGS.workdir)
+  g = R.grid([(m, make(m)) for m in FLAGS.methods], FLAGS.seeds, FLAGS.workdir)
+  res = g.values
   base = res.get('equal')
   seconds = {m: R.wall_seconds(FLAGS.workdir, m, FLAGS.seeds) for m in FLAGS.methods}
   vals = {'mean AP': {m: res[m] for m in FLAGS.methods}}
@@ -45,13 +46,13 @@ def main(_):
           + ' |')
   table = sweep.write_results(
       FLAGS.workdir, {'mean_ap': sweep.summarize(vals), 'per_seed': res, 'wall_s': seconds, 'steps': FLAGS.steps,
-                      'task_gradients': FLAGS.task_gradients},
+                      'task_gradients': FLAGS.task_gradients, 'lr': g.lr},
       metric='mean_ap', title='Experiment 6c: loss weighting',
       caption=(f'Mean AP (%) on 1000 test scenes (true labels), scenes/u30, mean ± std (ddof=1) over {{n}} seeds, '
                f'{FLAGS.steps} steps; columns: weighting method.'),
       row_header='', xlabel='weighting method', ylabel='mean AP (%)', plot_title='loss weighting',
       plot_rows=['mean AP'], notes='Time (same columns):\n\n| | ' + ' | '.join(FLAGS.methods) + ' |\n|---|'
-      + '---|' * len(FLAGS.methods) + '\n' + wall)
+      + '---|' * len(FLAGS.methods) + '\n' + wall + '\n\n' + R.lr_notes(g.lr))
   print(table, flush=True)
 
 

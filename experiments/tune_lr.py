@@ -32,6 +32,11 @@ FIRST_SEED = 100
 MakeConfig = Callable[[str, int, int, float], ml_collections.ConfigDict]   # (strategy, per_class, seed, lr)
 
 
+def digits_validation(c: ml_collections.ConfigDict) -> None:
+  """The digit studies' validation splits: subsets of real_digits VAL_TRAIN, accuracy on VAL_EVAL."""
+  c.input.train_split, c.input.eval_split, c.input.eval_data = VAL_TRAIN, VAL_EVAL, ''
+
+
 def choose(by_lr: dict[str, dict[Any, list[float]]], k: Any) -> str:
   """The smallest lr whose mean validation accuracy at k labels per class is within TIE of the best (an lr
   at the edge of divergence that wins by a hair is not worth a seed that diverges)."""
@@ -47,13 +52,17 @@ def _col(k: int) -> Any:
 
 def tune(make_config: MakeConfig, strategies: Sequence[str], per_class: Sequence[int], lrs: Sequence[str],
          seeds: Sequence[int], workdir: str, *, workers: int = 1,
-         run_fn: Callable[[str], sweep.RunFn] = lambda strategy: sweep.train_run) -> dict[str, Any]:
+         run_fn: Callable[[str], sweep.RunFn] = lambda strategy: sweep.train_run,
+         validation: Callable[[ml_collections.ConfigDict], None] = digits_validation, key: str = 'accuracy',
+         title: str = f'Learning-rate choice on a validation split (real_digits {VAL_EVAL})',
+         caption: str = f'Validation accuracy (%), subsets of real_digits {VAL_TRAIN}') -> dict[str, Any]:
   """Validation accuracy of every (strategy, lr, labels per class, seed) and the chosen lr per strategy and
-  budget. `make_config(strategy, k, seed, lr)` builds the run (its splits are set here to the validation
-  ones); `run_fn(strategy)` runs it (e.g. `sweep.probe(...)` for head-only strategies); `lrs` are names
-  ('3e-4') whose float is the rate. Writes results.json / results.md / results.png in `workdir`.
+  budget. `make_config(strategy, k, seed, lr)` builds the run and `validation(config)` moves it onto the
+  validation splits (default: the digit studies'); `key` is the metric chosen on; `run_fn(strategy)` runs
+  it (e.g. `sweep.probe(...)` for head-only strategies); `lrs` are names ('3e-4') whose float is the rate.
+  Writes results.json / results.md / results.png in `workdir`.
 
-  Returns {'val_accuracy': {strategy: {lr: {k: [acc per seed]}}}, 'best_lr': {strategy: {k: lr (float)}},
+  Returns {'val_accuracy': {strategy: {lr: {k: [metric per seed]}}}, 'best_lr': {strategy: {k: lr (float)}},
   'seeds': [...]} (k = 0: all of VAL_TRAIN).
   """
   runs = []
@@ -62,37 +71,36 @@ def tune(make_config: MakeConfig, strategies: Sequence[str], per_class: Sequence
       for k in per_class:
         for seed in seeds:
           c = make_config(s, k, seed, float(lr))
-          c.input.train_split, c.input.eval_split, c.input.eval_data = VAL_TRAIN, VAL_EVAL, ''
+          validation(c)
           runs.append(sweep.Run(f'{s} lr={lr}', _col(k), seed, c,
                                 os.path.join(workdir, s, f'lr{lr}', str(k), f'seed_{seed}'), fn=run_fn(s),
                                 no_result=(train.NonFiniteError,)))   # an lr that diverges is a result too
   done = lambda i, n, r: print(f'tune [{i + 1}/{n}] {r.row} k={r.col} seed={r.seed}: ' + (
-      f'val accuracy {r.metrics["accuracy"]:.4f}' if r.metrics else 'diverged (no result)'), flush=True)
-  vals = sweep.values(sweep.run(runs, workers, on_result=done), 'accuracy')
+      f'val {key} {r.metrics[key]:.4f}' if r.metrics else 'diverged (no result)'), flush=True)
+  vals = sweep.values(sweep.run(runs, workers, on_result=done), key)
   by_strategy = {s: {lr: vals[f'{s} lr={lr}'] for lr in lrs} for s in strategies}
   best = {s: {k: choose(by_lr, _col(k)) for k in per_class} for s, by_lr in by_strategy.items()}
-  write(workdir, by_strategy, best, seeds)
+  write(workdir, by_strategy, best, seeds, title=title, caption=caption, key=key)
   return {'val_accuracy': by_strategy, 'best_lr': {s: {k: float(lr) for k, lr in b.items()} for s, b in best.items()},
           'seeds': list(seeds)}
 
 
 def write(workdir: str, by_strategy: dict[str, dict[str, dict[Any, list[float]]]], best: dict[str, dict[int, str]],
-          seeds: Sequence[int]) -> str:
-  """The sweep writer's table of validation accuracy per (strategy, lr) × budget, and the chosen lrs."""
+          seeds: Sequence[int], *, title: str, caption: str, key: str = 'accuracy') -> str:
+  """The sweep writer's table of the validation metric per (strategy, lr) × budget, and the chosen lrs."""
   summary = sweep.summarize({f'{s} lr={lr}': by_k for s, by_lr in by_strategy.items() for lr, by_k in by_lr.items()})
   ks = list(next(iter(best.values())))
   chosen = ['| strategy | ' + ' | '.join(f'{_col(k)}/class' for k in ks) + ' |', '|---|' + '---|' * len(ks)]
   chosen += [f'| {s} | ' + ' | '.join(b[k] for k in ks) + ' |' for s, b in best.items()]
-  results = {'accuracy': summary, 'best_lr': {s: {str(k): lr for k, lr in b.items()} for s, b in best.items()},
+  results = {key: summary, 'best_lr': {s: {str(k): lr for k, lr in b.items()} for s, b in best.items()},
              'val_accuracy': {s: {lr: {str(k): v for k, v in by_k.items()} for lr, by_k in by_lr.items()}
                               for s, by_lr in by_strategy.items()},
-             'seeds': list(seeds), 'splits': {'train': VAL_TRAIN, 'eval': VAL_EVAL}}
+             'seeds': list(seeds), 'validation': caption}
   table = sweep.write_results(
-      workdir, results, title=f'Learning-rate choice on a validation split (real_digits {VAL_EVAL})',
-      caption=(f'Validation accuracy (%), subsets of real_digits {VAL_TRAIN}, mean ± std over {{n}} tuning '
-               f'seed(s) ({", ".join(map(str, seeds))}).'),
+      workdir, results, metric=key, title=title,
+      caption=f'{caption}, mean ± std over {{n}} tuning seed(s) ({", ".join(map(str, seeds))}).',
       row_header='strategy, lr', col_label=lambda k: f'{k}/class', xlabel='labelled examples per class',
-      ylabel='validation accuracy (%)', plot_title='learning-rate tuning',
+      ylabel=f'validation {key} (%)', plot_title='learning-rate tuning',
       notes='## Chosen learning rate (best mean, the smaller on a tie within '
             f'{100 * TIE:.1f} points)\n\n' + '\n'.join(chosen))
   print(table + '\n\n' + '\n'.join(chosen), flush=True)

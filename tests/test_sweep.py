@@ -154,3 +154,36 @@ def test_a_diverging_tuning_run_rules_its_lr_out_instead_of_stopping_the_study(t
   assert out['val_accuracy']['a']['1e-2'][1] == [pytest.approx(1.0), None]
   assert out['best_lr'] == {'a': {1: 1e-3}}            # 1e-2 scores higher on seed 100 but diverged on 101
   assert 'diverged (no result)' in capsys.readouterr().out
+
+
+def test_multitask_grid_tunes_each_cell_on_the_validation_split_then_reports_at_that_lr(tmp_path):
+  from absl import flags
+
+  from experiments import multitask_runs as R
+  flags.FLAGS.mark_as_parsed()
+  seen = []
+
+  def fake_mtl_run(config, workdir):
+    seen.append((config.input.train_split, config.input.eval_split, config.seed, config.optim.lr))
+    best = 1e-2 if config.mtl.unknown_policy == 'mask' else 1e-3
+    return {'mean_ap': 0.7 - abs(np.log10(config.optim.lr / best)) / 10 + 0.001 * config.seed}
+
+  def make(policy, split):
+    def config(seed):
+      c = config_lib.base()
+      c.seed, c.mtl.unknown_policy, c.input.train_split, c.optim.lr = seed, policy, split, 3e-3
+      return c
+    return config
+
+  g = R.grid([('mask', make('mask', 'train')), ('neg', make('negative', 'train[:250]')),
+              ('big', make('negative', 'train[:5000]'))], 2, str(tmp_path), fn=fake_mtl_run)
+  assert g.lr == {'mask': 1e-2, 'neg': 1e-3, 'big': 1e-3}
+  tuning = {(t, e) for t, e, seed, _ in seen if seed >= 100}
+  assert tuning == {('train[:4000]', 'train[4000:]'), ('train[:250]', 'train[4000:]')}   # never the test split
+  report = sorted((t, e, seed, lr) for t, e, seed, lr in seen if seed < 100)
+  assert report == [('train', 'test', 0, 1e-2), ('train', 'test', 1, 1e-2),
+                    ('train[:250]', 'test', 0, 1e-3), ('train[:250]', 'test', 1, 1e-3),
+                    ('train[:5000]', 'test', 0, 1e-3), ('train[:5000]', 'test', 1, 1e-3)]
+  assert g.values['mask'] == pytest.approx([0.7, 0.701])
+  with pytest.raises(errors.ConfigError, match='no validation twin'):
+    R.validation(make('mask', 'train[10%:]')(0))
