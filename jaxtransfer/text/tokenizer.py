@@ -10,20 +10,29 @@ as one string, so a fine-tune tokenizes with exactly the tokenizer its checkpoin
 `tokenizers` library does the work (WordPiece is not re-implemented here). The file's own padding and
 truncation settings are replaced: `encode` truncates to `max_len` (the post-processor's [SEP] is kept) and
 pads each batch to its longest sequence with `pad_id` — the encoder's padding mask reads that id.
+
+The other kind, a SentencePiece model trained on your own corpus, is `text.sentencepiece.SentencePieceTokenizer`
+(same interface); the module-level `from_meta` reads either kind from a checkpoint's meta and `check_same`
+compares either (a different kind is a different tokenizer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from jaxtransfer import errors
 
+if TYPE_CHECKING:
+  from jaxtransfer.text.sentencepiece import SentencePieceTokenizer
+
 KIND = 'huggingface-tokenizers'
+MASK_TOKEN = '[MASK]'   # BERT's mask token (the masked-LM objective's replacement)
 
 
 class TokenizerError(errors.Error):
@@ -35,6 +44,7 @@ class Tokenizer:
   """A `tokenizers` JSON tokenizer and its padding token (see the module docstring)."""
   content: str                      # the tokenizer.json text
   pad_token: str = '[PAD]'
+  kind: ClassVar[str] = KIND
 
   @classmethod
   def from_json(cls, content: str, pad_token: str = '[PAD]') -> Tokenizer:
@@ -96,6 +106,27 @@ class Tokenizer:
   def token_to_id(self, token: str) -> int | None:
     return self._tokenizer.token_to_id(token)
 
+  @property
+  def mask_id(self) -> int:
+    """Id of BERT's [MASK] token (the masked-LM objective's replacement token)."""
+    i = self.token_to_id(MASK_TOKEN)
+    if i is None:
+      raise TokenizerError(f'tokenizer has no mask token {MASK_TOKEN!r}')
+    return int(i)
+
+  @property
+  def special_ids(self) -> tuple[int, ...]:
+    """Ids never selected for masking nor used as random replacements: padding, every special added token
+    ([CLS] [SEP] [UNK] [MASK] for BERT), the model's unknown token and [MASK] even if not marked special."""
+    ids = {self.pad_id}
+    ids.update(i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special)
+    unk = json.loads(self.content).get('model', {}).get('unk_token')
+    for token in (unk, MASK_TOKEN):
+      i = self.token_to_id(token) if isinstance(token, str) else None
+      if i is not None:
+        ids.add(i)
+    return tuple(sorted(int(i) for i in ids))
+
   def encode(self, texts: Sequence[str], *, max_len: int) -> np.ndarray:
     """(len(texts), T) int32 token ids, T = the longest encoding (≤ `max_len`), padded with `pad_id`."""
     if max_len < 2:
@@ -114,12 +145,27 @@ class Tokenizer:
     return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def check_same(stored: dict[str, Any] | None, wanted: Tokenizer, where: str) -> None:
-  """Raise TokenizerError unless the checkpoint's meta tokenizer `stored` is `wanted` (a fine-tune must
-  tokenize with its checkpoint's own tokenizer)."""
+def from_meta(meta: dict[str, Any]) -> Tokenizer | SentencePieceTokenizer:
+  """The tokenizer of either kind stored by `to_meta` in a checkpoint's meta: a `Tokenizer`
+  ('huggingface-tokenizers') or a `sentencepiece.SentencePieceTokenizer` ('sentencepiece')."""
+  from jaxtransfer.text import sentencepiece   # (imports this module: not at the top)
+
+  kinds = {KIND: Tokenizer, sentencepiece.KIND: sentencepiece.SentencePieceTokenizer}
+  kind = meta.get('kind') if isinstance(meta, dict) else None
+  if kind not in kinds:
+    raise TokenizerError(f'checkpoint meta tokenizer: unknown kind {kind!r} (known: {", ".join(kinds)})')
+  return kinds[kind].from_meta(meta)
+
+
+def check_same(stored: dict[str, Any] | None, wanted: Tokenizer | SentencePieceTokenizer, where: str) -> None:
+  """Raise TokenizerError unless the checkpoint's meta tokenizer `stored` is `wanted` (a `Tokenizer` or a
+  `SentencePieceTokenizer`): a fine-tune must tokenize with its checkpoint's own tokenizer."""
   if stored is None:
     raise TokenizerError(f'{where}: the checkpoint holds no tokenizer')
-  have = Tokenizer.from_meta(stored).fingerprint
+  have_tok = from_meta(stored)
+  if have_tok.kind != wanted.kind:
+    raise TokenizerError(f'{where}: tokenizer kind {wanted.kind!r} differs from the checkpoint\'s {have_tok.kind!r}')
+  have = have_tok.fingerprint
   if have != wanted.fingerprint:
     raise TokenizerError(f'{where}: tokenizer sha256 {wanted.fingerprint[:12]} differs from the checkpoint\'s '
                          f'{have[:12]}')
