@@ -40,11 +40,26 @@ parameters — query/key/value kernels (width, heads, head_dim), out (heads, hea
 speed knob, not a format. Default 'einsum': on CPU the three compile to the same matmuls, einsum with the
 fewest extra transposes and copies, and it is as fast as the others within noise
 (experiments/benchmarks/attention.py); 'xla' cannot drop out attention weights (it falls back to einsum).
+
+LoRA (`lora_rank` R > 0, Hu et al. 2021): every encoder-layer module whose path inside the block fully matches
+`lora_targets` (default: the attention query/key/value/out kernels and the MLP's mlp_in/mlp_out) gets a
+low-rank adapter next to its kernel — `lora_a` (in, R) and `lora_b` (R, out), in and out being the kernel's
+input and output axes flattened, so `backbone/block_3/attention/query/lora_a` is (width, R) and its
+`lora_b` (R, heads·head_dim) — and computes x·W + b + (alpha/R)·(x·A)·B. A starts random (uniform
+±1/sqrt(in): PyTorch/peft's kaiming_uniform(a=√5)), B at zero, so at init the model computes exactly the
+base model's outputs. `lora_alpha` defaults to 8: the paper fixes alpha to the first rank tried and does not
+retune it (the scale alpha/R keeps Adam's effective step of the product roughly independent of R); 8 gives
+scale 1 at the issue's r = 8, peft's default pair. rank 0 (the default) creates exactly `nn.Dense` /
+`nn.DenseGeneral`'s parameters, initial values and outputs, so every existing checkpoint and spec holds.
+`trainable='lora:R'` (rules.py) trains the adapters and the head only; `jaxtransfer.lora.merge` folds them
+back into plain kernels. The stem (block_0) has no adapters. attention='flax' cannot take adapters (its
+projections are flax's own modules): a ConfigError.
 """
 
 from __future__ import annotations
 
-import functools
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +84,12 @@ _NEG = -1e9    # additive logit of a masked key: finite, so a row with no real k
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()
 _EMBED_INIT = nn.initializers.normal(0.02)
+# LoRA: the modules of an encoder layer that can carry adapters (paths inside the block), the default
+# `lora_targets`, and A's init: uniform ±1/sqrt(fan_in), what peft's kaiming_uniform_(a=√5) draws.
+LORA_MODULES = ('attention/query', 'attention/key', 'attention/value', 'attention/out', 'mlp_in', 'mlp_out')
+LORA_TARGETS = 'attention/(query|key|value|out)|mlp_(in|out)'
+LORA_ALPHA = 8.0
+_LORA_A_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
 def _layer_norm(layout: str, name: str | None = None) -> nn.LayerNorm:
@@ -77,6 +98,57 @@ def _layer_norm(layout: str, name: str | None = None) -> nn.LayerNorm:
 
 def _gelu(layout: str, x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=layout != 'bert')
+
+
+def lora_modules(rank: int, targets: str) -> tuple[str, ...]:
+  """The `LORA_MODULES` that carry adapters (their path fully matches the regex `targets`); () when rank is 0.
+
+  A targets regex that is not a valid regex or matches none of them is a ConfigError (a typo must not
+  silently leave the model without adapters).
+  """
+  if not rank:
+    return ()
+  try:
+    regex = re.compile(targets)
+  except re.error as e:
+    raise errors.ConfigError(f'transformer lora_targets={targets!r} is not a valid regex: {e}') from None
+  chosen = tuple(m for m in LORA_MODULES if regex.fullmatch(m))
+  if not chosen:
+    raise errors.ConfigError(f'transformer lora_targets={targets!r} matches none of {", ".join(LORA_MODULES)}')
+  return chosen
+
+
+class LoRADense(nn.Module):
+  """A dense layer over the last `n_in` input axes, with an optional low-rank adapter (module docstring).
+
+  rank 0: `nn.Dense(features)` (n_in=1, one feature axis) or `nn.DenseGeneral(features, axis=(-n_in…-1))` —
+  the same parameters (kernel in_shape + features, bias features), the same initial values (the kernel
+  initialiser sees the flattened (in, out) shape, as DenseGeneral's does) and the same `dot_general`.
+  rank R: also `lora_a` (in, R), `lora_b` (R, out) (in/out flattened) and + scale·(x·A)·B, scale = alpha/R.
+  """
+  features: tuple[int, ...]
+  n_in: int = 1
+  rank: int = 0
+  alpha: float = LORA_ALPHA
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = tuple(self.features)
+    in_shape = tuple(x.shape[x.ndim - self.n_in:])
+    n_in, n_out = math.prod(in_shape), math.prod(features)
+    kernel = self.param('kernel', lambda key, shape, dtype: jnp.reshape(_KERNEL_INIT(key, (n_in, n_out), dtype), shape),
+                        in_shape + features, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=None)
+    axes = tuple(range(x.ndim - self.n_in, x.ndim))
+    y = jax.lax.dot_general(x, kernel, ((axes, tuple(range(self.n_in))), ((), ())))
+    y = y + jnp.reshape(bias, (1,) * (y.ndim - len(features)) + features)
+    if self.rank:
+      a = self.param('lora_a', _LORA_A_INIT, (n_in, self.rank), jnp.float32)
+      b = self.param('lora_b', nn.initializers.zeros, (self.rank, n_out), jnp.float32)
+      low = jnp.reshape(x, x.shape[:x.ndim - self.n_in] + (n_in,)) @ a
+      y = y + jnp.reshape((self.alpha / self.rank) * (low @ b), y.shape)
+    return y
 
 
 class TokenStem(nn.Module):
@@ -155,10 +227,15 @@ class PatchStem(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with a key mask; parameters laid out as `nn.MultiHeadDotProductAttention`'s."""
+  """Multi-head self-attention with a key mask; parameters laid out as `nn.MultiHeadDotProductAttention`'s.
+
+  `lora` names the projections ('query', 'key', 'value', 'out') that carry rank-`lora_rank` adapters."""
   num_heads: int
   dropout: float
   implementation: str
+  lora: tuple[str, ...] = ()
+  lora_rank: int = 0
+  lora_alpha: float = LORA_ALPHA
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -166,8 +243,9 @@ class SelfAttention(nn.Module):
     if d % self.num_heads:
       raise errors.ConfigError(f'transformer width {d} is not divisible by num_heads={self.num_heads}')
     h, dh = self.num_heads, d // self.num_heads
-    dense = functools.partial(nn.DenseGeneral, features=(h, dh), kernel_init=_KERNEL_INIT)
-    q, k, v = dense(name='query')(x), dense(name='key')(x), dense(name='value')(x)   # (B, T, H, Dh)
+    rank = lambda name: self.lora_rank if name in self.lora else 0
+    dense = lambda name, features, n_in=1: LoRADense(features, n_in, rank(name), self.lora_alpha, name=name)
+    q, k, v = (dense(n, (h, dh))(x) for n in ('query', 'key', 'value'))   # (B, T, H, Dh)
     if self.implementation == 'xla' and (deterministic or not self.dropout):
       y = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], implementation='xla')
     else:   # 'einsum' (and 'xla' when the attention weights need dropout, which it cannot do)
@@ -176,7 +254,7 @@ class SelfAttention(nn.Module):
       weights = jax.nn.softmax(logits, axis=-1)
       weights = nn.Dropout(self.dropout, deterministic=deterministic)(weights)
       y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    return nn.DenseGeneral(d, axis=(-2, -1), kernel_init=_KERNEL_INIT, name='out')(y)
+    return dense('out', (d,), 2)(y)
 
 
 class EncoderBlock(nn.Module):
@@ -187,21 +265,28 @@ class EncoderBlock(nn.Module):
   dropout: float
   attention_dropout: float
   attention: str
+  lora_rank: int = 0
+  lora_targets: str = LORA_TARGETS
+  lora_alpha: float = LORA_ALPHA
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
     drop = lambda y: nn.Dropout(self.dropout, deterministic=deterministic)(y)
+    lora = lora_modules(self.lora_rank, self.lora_targets)   # TransformerEncoder._check refuses them with 'flax'
+    rank = lambda name: self.lora_rank if name in lora else 0
     if self.attention == 'flax':   # the same parameter tree as SelfAttention's
       mha = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.attention_dropout,
                                             kernel_init=_KERNEL_INIT, name='attention')
       attn = lambda y, m, deterministic: mha(y, y, mask=m[:, None, None, :], deterministic=deterministic)
     else:
-      attn = SelfAttention(self.num_heads, self.attention_dropout, self.attention, name='attention')
+      attn = SelfAttention(self.num_heads, self.attention_dropout, self.attention,
+                           tuple(m.split('/')[1] for m in lora if m.startswith('attention/')), self.lora_rank,
+                           self.lora_alpha, name='attention')
     norm_attn, norm_mlp = _layer_norm(self.layout, 'norm_attention'), _layer_norm(self.layout, 'norm_mlp')
 
     def mlp(y):
-      y = _gelu(self.layout, nn.Dense(self.mlp_dim, kernel_init=_KERNEL_INIT, name='mlp_in')(y))
-      return nn.Dense(x.shape[-1], kernel_init=_KERNEL_INIT, name='mlp_out')(y)
+      y = _gelu(self.layout, LoRADense((self.mlp_dim,), 1, rank('mlp_in'), self.lora_alpha, name='mlp_in')(y))
+      return LoRADense((x.shape[-1],), 1, rank('mlp_out'), self.lora_alpha, name='mlp_out')(y)
 
     if self.layout == 'bert':
       x = norm_attn(x + drop(attn(x, mask, deterministic=deterministic)))
@@ -214,7 +299,8 @@ class TransformerEncoder(nn.Module):
   """Transformer encoder backbone (module docstring). Output: (B, width) pooled features.
 
   Sizes: `SIZES` ('tiny' 2×128 … 'base' 12×768); `mlp_dim=0` means 4·width. The token stem needs
-  `vocab_size` and `max_len` (the number of learned positions); the patch stem `patch_size`.
+  `vocab_size` and `max_len` (the number of learned positions); the patch stem `patch_size`. LoRA adapters:
+  `lora_rank` (0 = none), `lora_targets`, `lora_alpha` (module docstring).
   """
   stem: str = 'tokens'
   num_layers: int = 2
@@ -232,6 +318,9 @@ class TransformerEncoder(nn.Module):
   attention_dropout: float = 0.0
   attention: str = 'einsum'
   drop_last: int = 0
+  lora_rank: int = 0
+  lora_targets: str = LORA_TARGETS
+  lora_alpha: float = LORA_ALPHA
 
   def _check(self) -> None:
     for key, value, allowed in (('stem', self.stem, STEMS), ('layout', self.layout, LAYOUTS),
@@ -241,6 +330,13 @@ class TransformerEncoder(nn.Module):
     if self.num_layers < 0 or self.width <= 0 or self.num_heads <= 0:
       raise errors.ConfigError(f'transformer sizes: num_layers={self.num_layers}, width={self.width}, '
                                f'num_heads={self.num_heads} (layers ≥ 0, width and heads ≥ 1)')
+    if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+      raise errors.ConfigError(f'transformer lora_rank={self.lora_rank!r}: expected an integer ≥ 0 (0 = no adapters)')
+    if self.lora_rank and not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha)
+                               and self.lora_alpha > 0):
+      raise errors.ConfigError(f'transformer lora_alpha={self.lora_alpha!r}: expected a number > 0')
+    if lora_modules(self.lora_rank, self.lora_targets) and self.attention == 'flax':
+      raise errors.ConfigError("transformer lora_rank > 0 needs attention='einsum' or 'xla' (not 'flax')")
 
   def block_modules(self) -> list[tuple[Any, dict[str, Any]]]:
     self._check()
@@ -252,7 +348,8 @@ class TransformerEncoder(nn.Module):
       blocks = [(PatchStem, {'width': self.width, 'patch_size': self.patch_size, 'cls': self.pool == 'cls',
                              'dropout': self.dropout})]
     layer = {'num_heads': self.num_heads, 'mlp_dim': self.mlp_dim or 4 * self.width, 'layout': self.layout,
-             'dropout': self.dropout, 'attention_dropout': self.attention_dropout, 'attention': self.attention}
+             'dropout': self.dropout, 'attention_dropout': self.attention_dropout, 'attention': self.attention,
+             'lora_rank': self.lora_rank, 'lora_targets': self.lora_targets, 'lora_alpha': self.lora_alpha}
     blocks += [(EncoderBlock, layer)] * self.num_layers
     if not 0 <= self.drop_last < len(blocks):
       raise errors.ConfigError(f'transformer drop_last={self.drop_last}: the encoder has {len(blocks)} blocks '
