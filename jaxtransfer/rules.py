@@ -11,6 +11,8 @@ Freeze presets (`trainable=`):
   'head'     only the head trains (linear probe when the head is one layer);
   'last:K'   the last K backbone blocks and the head train;
   'bitfit'   only the biases (every path ending in /bias) and the head train (BitFit, Ben Zaken et al.);
+  'lora:R'   only the LoRA adapters (every `…/lora_a`, `…/lora_b` leaf, rank R) and the head train
+             (Hu et al.; the Transformer encoder creates them with spec `lora_rank=R`, models/transformer.py);
   '<regex>'  the parameters whose path matches the regex train, all others are frozen.
 """
 
@@ -26,6 +28,7 @@ T = TypeVar('T')
 Rules = Sequence[tuple[str, Any]]
 
 TRAIN, FREEZE = 'train', 'freeze'
+LORA_LEAVES = ('lora_a', 'lora_b')   # the names of LoRA adapter parameters (A: (in, R), B: (R, out))
 
 
 class RuleError(errors.Error):
@@ -99,6 +102,25 @@ def block_names(params: Any) -> list[str]:
   return sorted((k for k in params['backbone'] if block_index(k) is not None), key=block_index)
 
 
+def is_adapter(path: str) -> bool:
+  """Whether the '/'-joined `path` names a LoRA adapter parameter (`…/lora_a` or `…/lora_b`)."""
+  return path.rsplit('/', 1)[-1] in LORA_LEAVES
+
+
+def lora_rank(trainable: str) -> int | None:
+  """R of a `trainable='lora:R'` preset (R ≥ 1); None for any other preset. A malformed R is a RuleError."""
+  trainable = trainable.strip()
+  if not trainable.startswith('lora:'):
+    return None
+  try:
+    rank = int(trainable.split(':', 1)[1])
+  except ValueError:
+    rank = 0
+  if rank < 1:
+    raise RuleError(f'trainable {trainable!r}: expected lora:R with an integer rank R ≥ 1')
+  return rank
+
+
 def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
   """Expand a `trainable` preset or regex (see module docstring) into train rules; the rest is frozen."""
   trainable = trainable.strip()
@@ -117,6 +139,15 @@ def freeze_rules(trainable: str, params: Any) -> list[tuple[str, str]]:
     if not 0 <= k <= len(blocks):
       raise RuleError(f'trainable {trainable!r}: the backbone has {len(blocks)} blocks')
     return [('head/.*', TRAIN)] + [(f'backbone/{b}/.*', TRAIN) for b in blocks[len(blocks) - k:]]
+  rank = lora_rank(trainable)
+  if rank is not None:
+    ranks = {tuple(leaf.shape)[-1] for path, leaf in flatten(params).items() if path.endswith('/lora_a')}
+    if not ranks:
+      raise RuleError(f'trainable {trainable!r}: the model has no LoRA adapters (…/lora_a, …/lora_b); '
+                      f'give the Transformer encoder lora_rank={rank}')
+    if ranks != {rank}:
+      raise RuleError(f'trainable {trainable!r}: the model\'s LoRA adapters have rank {sorted(ranks)}')
+    return [('head/.*', TRAIN), ('backbone/.*/lora_[ab]', TRAIN)]
   return [(trainable, TRAIN)]
 
 
