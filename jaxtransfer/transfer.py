@@ -6,11 +6,19 @@ unexpected or shape-mismatched parameter raises one error listing every offendin
 blocks deliberately dropped with `drop_last_blocks`); restore ONLY the `backbone` subtree (Orbax partial
 restore, so the old head is never read); check that every leaf really arrived (Orbax can silently
 restore part of a tree, orbax#2972); keep the target's freshly initialised head.
+
+LoRA: the only target leaves a checkpoint may lack are LoRA adapters (`…/lora_a`, `…/lora_b`, see
+models/transformer.py), so a plain encoder checkpoint restores into a model with adapters (`trainable=
+'lora:R'`); those adapters keep their fresh init (A random, B zero: the restored model computes exactly the
+checkpoint's outputs). Adapters the checkpoint has but the target lacks are unexpected as any leaf is (merge
+them first: `jaxtransfer export --merge`, jaxtransfer/lora.py).
 """
 
 from typing import Any
 
+import flax.traverse_util
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtransfer import checkpoint, errors, rules
@@ -33,7 +41,8 @@ def check_fit(stored: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
   """Raise one TransferError naming every backbone path that is missing, unexpected or mis-shaped.
 
   `stored`/`target` map '/'-joined paths to shapes. Stored blocks numbered ≥ `dropped_from` are the ones
-  removed on purpose by `drop_last_blocks` and are skipped.
+  removed on purpose by `drop_last_blocks` and are skipped. Target LoRA adapters (`rules.is_adapter`) may
+  be missing: they start fresh.
   """
   def kept(path: str) -> bool:
     index = rules.block_index(path.split('/')[1])
@@ -44,10 +53,13 @@ def check_fit(stored: dict[str, tuple[int, ...]], target: dict[str, tuple[int, .
   mismatched = [f'{p} (checkpoint {stored[p]}, model {target[p]})'
                 for p in target if p in stored and tuple(stored[p]) != tuple(target[p])]
   for label, paths in (('shape mismatch', mismatched),
-                       ('missing in checkpoint', [p for p in target if p not in stored]),
+                       ('missing in checkpoint', [p for p in target if p not in stored and not rules.is_adapter(p)]),
                        ('unexpected in checkpoint', [p for p in stored if p not in target])):
     if paths:
       problems.append(f'{label}: {", ".join(paths)}')
+  if any(rules.is_adapter(p) and p not in target for p in stored):
+    problems.append('the checkpoint holds LoRA adapters: merge them into its kernels first (jaxtransfer export '
+                    '--merge) or give the model the same lora_rank')
   if problems:
     raise TransferError(f'checkpoint backbone does not fit the model [{what}]: ' + '; '.join(problems))
 
@@ -57,6 +69,8 @@ def init_from(path: str, params: Any, batch_stats: Any, *, drop_last: int = 0) -
 
   `params`/`batch_stats` are the target model's freshly initialised variables; restored arrays take
   their shardings. `drop_last` is how many of the checkpoint's last backbone blocks the target dropped.
+  LoRA adapters of the target that the checkpoint lacks keep their values; they must have been initialised
+  (A ≠ 0), since an adapter with A = B = 0 gets zero gradients and never trains.
   """
   mngr, step = checkpoint.open_for_reading(path)
   stored_items = checkpoint.read_meta(mngr, step).get('items', ())
@@ -70,14 +84,30 @@ def init_from(path: str, params: Any, batch_stats: Any, *, drop_last: int = 0) -
     if not target_shapes:
       restored[item] = target
       continue
-    abstract = {'backbone': jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_bb)}
+    # Fresh LoRA adapters (absent from the checkpoint) are not read: they keep the target's values.
+    flat = flax.traverse_util.flatten_dict(target_bb, sep='/')
+    fresh = {p: x for p, x in flat.items() if 'backbone/' + p not in stored}
+    _check_initialised(fresh)
+    abstract = {'backbone': flax.traverse_util.unflatten_dict(
+        {p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for p, x in flat.items() if p not in fresh},
+        sep='/')}
     out = checkpoint.restore_subtree(mngr, step, item, abstract)
     lost = sorted(set(rules.flatten(abstract)) - set(rules.flatten(out)))
     if lost:
       raise TransferError(f'checkpoint {path}: restore returned no value for {", ".join(lost)}')
-    restored[item] = {**target, 'backbone': out['backbone']}
+    backbone = {**flax.traverse_util.flatten_dict(out['backbone'], sep='/'), **fresh}
+    restored[item] = {**target, 'backbone': flax.traverse_util.unflatten_dict(
+        {p: backbone[p] for p in flat}, sep='/')}   # the target's order of leaves
   return restored['params'], restored['batch_stats']
+
+
+def _check_initialised(fresh: dict[str, Any]) -> None:
+  """TransferError if a fresh LoRA adapter pair is all zero (A = B = 0: both gradients are zero forever)."""
+  dead = [p for p, x in fresh.items() if p.endswith('/lora_a') and not bool(jax.device_get(jnp.any(x != 0)))]
+  if dead:
+    raise TransferError(f'LoRA adapter(s) backbone/{", backbone/".join(dead[:3])}'
+                        + (f' (+{len(dead) - 3} more)' if len(dead) > 3 else '')
+                        + ' are all zero: A must start random (an adapter with A = B = 0 never trains)')
 
 
 def head_from_class_names(path: str, params: Any, class_names: list[str]) -> Any:
