@@ -1,4 +1,4 @@
-"""`jaxtransfer pretrain | finetune | evaluate | demo | import-weights | advise` — the command line.
+"""`jaxtransfer pretrain | finetune | evaluate | demo | import-weights | advise | export` — the command line.
 
   jaxtransfer pretrain --config=experiments/configs/pretrain_glyphs.py --workdir=runs/pretrain
   jaxtransfer finetune --config=experiments/configs/finetune_digits.py --workdir=runs/ft \
@@ -7,6 +7,7 @@
   jaxtransfer demo --workdir=runs/demo
   jaxtransfer import-weights --workdir=runs/lite0 [--weights=file.pth] [--variant=lite0 | minilm-l6]
   jaxtransfer advise --checkpoints=runs/demo/pretrain[,…] --layers=0,1 --data=real_digits --per_class=10
+  jaxtransfer export --workdir=runs/lora_ft --out=runs/lora_merged --merge
   jaxtransfer --help | jaxtransfer <verb> --help
 
 Any `--config.<key>=<value>` overrides a config key; a key that does not exist is an error, and the values
@@ -35,6 +36,7 @@ VERBS = {
     'demo': 'pretrain on glyphs, fine-tune on real digits with k labels per class, print the table',
     'import-weights': 'convert ImageNet-pretrained EfficientNet-Lite weights into a checkpoint in --workdir',
     'advise': 'score candidate checkpoints (and cuts) for a target dataset before fine-tuning',
+    'export': 'fold a LoRA run\'s adapters into its kernels (--merge): a plain checkpoint in --out',
 }
 # The flags each verb reads (its `--help` shows these); --verbosity applies to all.
 VERB_FLAGS = {
@@ -44,6 +46,7 @@ VERB_FLAGS = {
     'demo': ('workdir', 'seeds', 'quick'),
     'import-weights': ('workdir', 'weights', 'variant'),
     'advise': ('checkpoints', 'data', 'layers', 'per_class', 'workdir'),
+    'export': ('workdir', 'out', 'merge'),
 }
 CONFIG_EXAMPLES = ('seed=1', 'data=real_digits', 'input.per_class=10', 'trainable=head', 'transfer.init_from=runs/pretrain',
                    'optim.lr=3e-3', 'train.steps=500', 'train.batch_size=64',
@@ -67,6 +70,10 @@ flags.DEFINE_string('variant', 'lite0', 'import-weights: EfficientNet-Lite varia
 flags.DEFINE_list('checkpoints', [], 'advise: candidate checkpoints (comma-separated).')
 flags.DEFINE_list('layers', ['0'], 'advise: backbone cuts to score per checkpoint (drop the last k blocks).')
 flags.DEFINE_integer('per_class', 0, 'advise: B\'s labelled examples per class (0 = the whole split).')
+flags.DEFINE_string('out', '', 'export: the directory the plain checkpoint is written to (<out>/checkpoints/<step>); '
+                    'must not hold a checkpoint yet.')
+flags.DEFINE_boolean('merge', False, 'export: fold the LoRA adapters into the kernels (W + alpha/R·A·B), the only '
+                     'export there is (jaxtransfer/lora.py).')
 config_flags.DEFINE_config_file('config', None, 'A config file (experiments/configs/*.py).', lock_config=True)
 
 
@@ -187,6 +194,14 @@ def _main(argv: list[str]) -> None:
     else:
       from jaxtransfer import convert
       result = convert.import_weights(FLAGS.workdir, weights=FLAGS.weights or None, variant=FLAGS.variant)
+    print(' '.join(f'{k}={v}' for k, v in result.items()))
+  elif verb == 'export':
+    if not FLAGS.out:
+      raise UsageError('export needs --out=<dir> for the merged checkpoint')
+    if not FLAGS.merge:
+      raise UsageError('export supports only --merge (fold the LoRA adapters into the kernels); add --merge')
+    from jaxtransfer import lora
+    result = lora.export(FLAGS.workdir, FLAGS.out)
     print(' '.join(f'{k}={v}' for k, v in result.items()))
   elif verb == 'demo':
     from jaxtransfer import demo
