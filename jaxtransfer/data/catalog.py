@@ -13,9 +13,12 @@ Names are '<builder>' or '<builder>/<config>': `glyphs`, `glyphs/small`, `real_d
 Two more kinds of name (see `docs` in `builders/imagefolder.py` and `_TfdsSource`):
   * 'imagefolder:<dir>[?size=224&resize=crop&channels=3&test=0.2&seed=0]' — your own folder of images,
     prepared once into `data_dir` and prepared again when its files change;
-  * 'tfds:<name>[:<config>][?size=H[xW]&resize=crop|pad|stretch]' — any TFDS catalog dataset, read with
-    `builder.as_data_source` (array_record; it must be prepared in that format, or be preparable without
-    TensorFlow). Its supervised keys become 'image'/'label'; images of varying size need `size`.
+  * 'tfds:<name>[:<config>][?size=H[xW]&resize=crop|pad|stretch]' (or <name>/<config>, TFDS's spelling) —
+    any TFDS catalog dataset, read with `builder.as_data_source` (array_record; it must be prepared in that
+    format, or be preparable without TensorFlow). Its supervised keys become 'image'/'label'; images of varying size need `size`. A text
+    dataset (the input is a `tfds.features.Text`, e.g. tfds:imdb_reviews, tfds:glue/sst2 — without
+    supervised keys its only Text feature is the input) becomes 'text' (UTF-8 bytes, as the embedded text
+    builders return) /'label', with image_shape () in `info`.
     Split slicing is resolved here with TFDS's own `ReadInstruction` on the base split.
     With no `data_dir`, catalog datasets use TFDS's own default (TFDS_DATA_DIR or ~/tensorflow_datasets).
 
@@ -68,6 +71,12 @@ def known_names() -> list[str]:
 
 
 TFDS_PREFIX = 'tfds:'
+# TFDS's older builders (glue, …) live in these subpackages, imported lazily by `import tensorflow_datasets`,
+# so `tfds.builder` does not find them until they are imported (the newer ones, tensorflow_datasets/datasets/*,
+# it finds by directory).
+_TFDS_LEGACY_PACKAGES = ('audio', 'graphs', 'image', 'image_classification', 'object_detection',
+                         'question_answering', 'ranking', 'recommendation', 'structured', 'summarization', 'text',
+                         'text_simplification', 'time_series', 'translate', 'video', 'vision_language')
 
 
 def _kind(name: str) -> str:
@@ -97,7 +106,7 @@ def parse_tfds_name(name: str) -> TfdsName:
   import urllib.parse
 
   body, _, query = name[len(TFDS_PREFIX):].partition('?')
-  ds, _, config = body.partition(':')
+  ds, _, config = body.partition(':') if ':' in body else body.partition('/')   # TFDS's own 'glue/sst2' too
   if not ds or not all(part.replace('_', '').replace('.', '').replace('-', '').isalnum()
                        for part in (ds, config or 'x')):
     raise errors.DataError(f'bad dataset name {name!r}: expected tfds:<name>[:<config>], e.g. tfds:mnist, '
@@ -152,10 +161,26 @@ def builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuild
     kwargs = {'data_dir': data_dir} if data_dir else {}
     try:
       return tfds.builder(parsed.tfds_name, **kwargs)
+    except tfds.core.registered.DatasetNotFoundError:
+      _import_tfds_legacy_builders()
+    try:
+      return tfds.builder(parsed.tfds_name, **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise errors.DataError(f'{name}: {str(e).splitlines()[0]}') from None
   cls, config = _resolve(name)
   return cls(config=config, data_dir=data_dir or default_data_dir())
+
+
+def _import_tfds_legacy_builders() -> None:
+  """Register TFDS's builders that live in its lazily imported subpackages (tensorflow_datasets.text.glue …);
+  a subpackage that needs a missing optional module (h5py …) is skipped."""
+  import importlib
+
+  for package in _TFDS_LEGACY_PACKAGES:
+    try:
+      importlib.import_module(f'tensorflow_datasets.{package}')
+    except ImportError as e:
+      log.debug('tensorflow_datasets.%s not importable: %s', package, e)
 
 
 def prepare(name: str, *, data_dir: str | None = None,
@@ -226,22 +251,48 @@ def check_split(b: tfds.core.DatasetBuilder, name: str, split: str) -> None:
 
 
 def _supervised_keys(b: tfds.core.DatasetBuilder) -> tuple[str, str]:
+  """(input, label) feature names: the supervised keys; without them 'image', or else the one Text feature
+  (glue/sst2: 'sentence'), and 'label'. The input is an (H, W, C) image or a Text (see `_is_text`)."""
   keys = b.info.supervised_keys
+  features = b.info.features
+  where = f'tfds:{b.name}/{b.builder_config.name}' if b.builder_config else f'tfds:{b.name}'
   if keys is None:
-    image, label = 'image', 'label'
+    texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+    if 'image' not in features and len(texts) > 1:
+      raise errors.DataError(f'{where}: no supervised keys and {len(texts)} text features '
+                             f'({", ".join(texts)}): text pairs are not supported')
+    image, label = (texts[0] if 'image' not in features and texts else 'image'), 'label'
   elif len(keys) == 2 and all(isinstance(k, str) for k in keys):
     image, label = keys
   else:
-    raise errors.DataError(f'tfds:{b.name}: supervised keys {keys!r} are not (image, label)')
-  features = b.info.features
+    raise errors.DataError(f'{where}: supervised keys {keys!r} are not (image or text, label)')
   for k in (image, label):
     if k not in features:
-      raise errors.DataError(f'tfds:{b.name}: has no feature {k!r} (features: {", ".join(features)})')
+      raise errors.DataError(f'{where}: has no feature {k!r} (features: {", ".join(features)})')
   if not isinstance(features[label], tfds.features.ClassLabel):
-    raise errors.DataError(f'tfds:{b.name}: label {label!r} is not a ClassLabel')
-  if len(features[image].shape) != 3:
-    raise errors.DataError(f'tfds:{b.name}: {image!r} is not an (H, W, C) image (shape {features[image].shape})')
+    raise errors.DataError(f'{where}: label {label!r} is not a ClassLabel')
+  if not _is_text(b, image) and len(features[image].shape) != 3:
+    raise errors.DataError(f'{where}: {image!r} is neither an (H, W, C) image nor text '
+                           f'(shape {features[image].shape})')
   return image, label
+
+
+def _is_text(b: tfds.core.DatasetBuilder, key: str) -> bool:
+  return isinstance(b.info.features[key], tfds.features.Text)
+
+
+def _no_image_options(name: str, parsed: TfdsName) -> None:
+  """A text dataset takes no image options (`?size=`, `?resize=`): a one-line DataError if given."""
+  if parsed.size is not None or parsed.resize != 'crop':
+    raise errors.DataError(f'{name}: size/resize apply to images; {parsed.tfds_name} is a text dataset')
+
+
+def _utf8(value: Any) -> bytes:
+  """A Text feature's value as UTF-8 bytes, as the embedded text builders return it (a prepared array_record
+  gives bytes; `tfds.testing.mock_data` gives str)."""
+  if isinstance(value, np.ndarray):
+    value = value.item()
+  return value.encode('utf-8') if isinstance(value, str) else bytes(value)
 
 
 def _read_instruction(split: str, base_len: Any) -> list[tuple[str, int, int]]:
@@ -267,12 +318,16 @@ class _AnySplit(dict):
 
 
 class _TfdsSource:
-  """A catalog dataset as {'image': uint8 (H, W, C), 'label': int}: supervised keys renamed (other
-  features dropped), an optional fixed resize, and TFDS split slicing over the base splits."""
+  """A catalog dataset as {'image': uint8 (H, W, C), 'label': int} or, when the input is text,
+  {'text': UTF-8 bytes, 'label': int}: supervised keys renamed (other features dropped), an optional fixed
+  resize of images, and TFDS split slicing over the base splits. A negative label (GLUE's unlabelled test
+  splits hold -1) is a one-line DataError."""
 
   def __init__(self, sources: dict[str, Any], pieces: list[tuple[str, int, int]], image_key: str,
-               label_key: str, size: tuple[int, int] | None, policy: str):
+               label_key: str, size: tuple[int, int] | None, policy: str, *, text: bool = False,
+               name: str = 'tfds'):
     self._sources, self._image, self._label, self._size, self._policy = sources, image_key, label_key, size, policy
+    self._text, self._name = text, name
     self._starts = np.cumsum([0] + [stop - start for _, start, stop in pieces])
     self._pieces = pieces
 
@@ -286,26 +341,38 @@ class _TfdsSource:
     split, start, _ = self._pieces[p]
     return self._sources[split], start + i - int(self._starts[p])
 
-  def _convert(self, ex: dict[str, Any]) -> dict[str, Any]:
+  def _label_of(self, ex: dict[str, Any], i: int) -> int:
+    label = int(ex[self._label])
+    if label < 0:
+      raise errors.DataError(f'{self._name}: example {i} has no label ({label}); this split is unlabelled '
+                             '(GLUE test splits are): use another split')
+    return label
+
+  def _convert(self, ex: dict[str, Any], i: int) -> dict[str, Any]:
+    if self._text:
+      return {'text': _utf8(ex[self._image]), 'label': self._label_of(ex, i)}
     image = np.asarray(ex[self._image])
     if self._size is not None:
       image = preprocess.resize(image, self._size, self._policy)
-    return {'image': image, 'label': int(ex[self._label])}
+    return {'image': image, 'label': self._label_of(ex, i)}
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     src, j = self._locate(int(i))
-    return self._convert(src[j])
+    return self._convert(src[j], int(i))
 
   def __getitems__(self, keys) -> list[dict[str, Any]]:
     return [self[k] for k in keys]
 
   def label(self, i: int) -> int:
     src, j = self._locate(int(i))
-    return int(src[j][self._label])
+    return self._label_of(src[j], int(i))
 
 
 def _tfds_source(b: tfds.core.DatasetBuilder, parsed: TfdsName, split: str) -> _TfdsSource:
   image_key, label_key = _supervised_keys(b)
+  text = _is_text(b, image_key)
+  if text:
+    _no_image_options(f'tfds:{parsed.tfds_name}', parsed)
   cache: dict[str, Any] = {}
 
   def base(name: str) -> Any:
@@ -315,7 +382,7 @@ def _tfds_source(b: tfds.core.DatasetBuilder, parsed: TfdsName, split: str) -> _
 
   pieces = _read_instruction(split, lambda n: len(base(n)))
   return _TfdsSource({n: base(n) for n, _, _ in pieces}, pieces, image_key, label_key, parsed.size,
-                     parsed.resize)
+                     parsed.resize, text=text, name=f'tfds:{parsed.tfds_name} split {split}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +403,9 @@ def info(name: str, data_dir: str | None = None, *,
   label = b.info.features[label_key] if label_key in b.info.features else None
   # Text datasets have no image: image_shape () (a text pipeline takes its shapes from the tokenizer).
   image_shape = tuple(b.info.features[image_key].shape) if image_key in b.info.features else ()
-  if _kind(name) == 'tfds':
+  if _kind(name) == 'tfds' and _is_text(b, image_key):
+    _no_image_options(name, parse_tfds_name(name))   # (a Text feature's shape is (): image_shape stays ())
+  elif _kind(name) == 'tfds':
     parsed = parse_tfds_name(name)
     if parsed.size:
       image_shape = (*parsed.size, image_shape[-1])
