@@ -40,6 +40,21 @@ def base() -> ml_collections.ConfigDict:
   c.input.flip = False                  # random left-right flip in training
   c.input.normalize = ''                # '' | 'imagenet' | 'inception' | 'efficientnet_lite'
 
+  # Text datasets (a 'text' feature, e.g. 'wikitext2', 'sentiment_sentences/both', 'textfile:<path>'):
+  # jaxtransfer/text/inputs.py. The tokenizer: '' = the one in the init_from (or resumed) checkpoint;
+  # 'sentencepiece' = trained on the training split (vocab_size, tokenizer_seed); or a tokenizer.json path.
+  c.text = ml_collections.ConfigDict()
+  c.text.tokenizer = ''
+  c.text.vocab_size = 8000
+  c.text.tokenizer_seed = 0
+  c.text.max_len = 128                  # tokens per example at most ([CLS] and [SEP] included)
+  c.text.buckets = (32, 64, 128)        # each batch padded to the smallest of these that holds it
+  c.mlm = ml_collections.ConfigDict()   # objective 'mlm' (BERT's masking)
+  c.mlm.mask_rate = 0.15                # fraction of the real, non-special tokens selected
+  c.mlm.mask_token = 0.8                # of those: → [MASK]
+  c.mlm.random_token = 0.1              # of those: → a random token (the rest stay as they are)
+  c.mlm.head_hidden = 0                 # the MLM head's transform width (0 = the encoder's)
+
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet' | 'efficientnet_lite', **kwargs}); None with init_from = the
   # checkpoint's own. Typed `object` so that the command line can override it with a dict literal:
@@ -201,6 +216,13 @@ RANGES = {
     'optim.lp_steps': (0, None, True, True),
     'mesh.fsdp_min_size': (0, None, True, True),
     'mesh.cpu_devices': (0, None, True, True),
+    'text.vocab_size': (8, None, True, True),
+    'text.tokenizer_seed': (0, None, True, True),
+    'text.max_len': (2, None, True, True),
+    'mlm.mask_rate': (0.0, 1.0, False, True),
+    'mlm.mask_token': (0.0, 1.0, True, True),
+    'mlm.random_token': (0.0, 1.0, True, True),
+    'mlm.head_hidden': (0, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
 _ABSENT = object()
@@ -249,6 +271,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise _bad(key, value, f'expected one of {" | ".join(repr(a) for a in allowed)}')
   # optim.warmup_steps ≥ train.steps is allowed: optim.schedule clamps the warm-up to the run (a shortened
   # pretraining keeps the preset's warm-up without an error).
+  mask_token, random_token = _get(config, 'mlm.mask_token'), _get(config, 'mlm.random_token')
+  if mask_token is not _ABSENT and random_token is not _ABSENT and mask_token + random_token > 1:
+    raise _bad('mlm.random_token', random_token, f'mlm.mask_token + mlm.random_token must be ≤ 1 (got {mask_token} + '
+               f'{random_token})')
   steps = _get(config, 'train.steps')
   lp_steps = _get(config, 'optim.lp_steps')
   if steps is not _ABSENT and lp_steps is not _ABSENT and lp_steps and lp_steps >= steps:

@@ -9,6 +9,8 @@ import ml_collections
 from jaxtransfer import checkpoint, memory, objectives, sharding, steps
 from jaxtransfer.data import catalog, preprocess
 from jaxtransfer.models import model as model_lib
+from jaxtransfer.text import inputs as text_inputs
+from jaxtransfer.text import tokenizer as tokenizer_lib
 
 
 def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None = None,
@@ -31,14 +33,19 @@ def evaluate_checkpoint(path: str, *, data: str | None = None, split: str | None
   info = catalog.info(data, data_dir=config.input.data_dir or None, manual_dir=manual_dir)
   model = model_lib.build(meta['model_spec'])
   mesh = sharding.mesh_from_config(config.mesh)
-  pre = preprocess.from_config(config.input)
-  abstract = steps.abstract_variables(model, steps.input_shape(config, info.image_shape), config.mesh, mesh)
+  objective = objectives.from_config(config)
+  pre: Any = preprocess.from_config(config.input)
+  if not info.image_shape:   # text: tokenized with the tokenizer the checkpoint was trained with
+    tokenizer = tokenizer_lib.from_meta(meta['tokenizer']) if 'tokenizer' in meta else None
+    if tokenizer is None:
+      raise tokenizer_lib.TokenizerError(f'{data} is a text dataset but the checkpoint {path} holds no tokenizer')
+    pre, objective = text_inputs.from_config(config.text, tokenizer), objective.for_tokenizer(tokenizer)
+  abstract = steps.abstract_variables(model, steps.input_shape(config, info.image_shape, pre), config.mesh, mesh)
   params = checkpoint.restore_subtree(mngr, step, 'params', abstract['params'])
   stats = (checkpoint.restore_subtree(mngr, step, 'batch_stats', abstract['batch_stats'])
            if 'batch_stats' in abstract else {})
   source = catalog.load(data, split, data_dir=config.input.data_dir or None,
                         manual_dir=manual_dir)
-  objective = objectives.from_config(config)
   eval_step = jax.jit(steps.make_eval_step(model, objective))
   if batch_size is None:
     batch_size = memory.eval_batch_size(config.train, eval_step, (params, stats), source, mesh, pre)

@@ -215,12 +215,12 @@ def cache_blocker(config: ml_collections.ConfigDict, objective: objectives.Objec
   outside = (set(params.get('backbone', {})) | set((batch_stats or {}).get('backbone', {}))) - blocks
   if outside:
     return f'backbone variables outside its blocks ({", ".join(sorted(outside))})'
-  if pre.crop or pre.flip:
+  if pre.augments:
     return 'augmentation (input.random_crop / input.flip)'
   kind = type(objective)
   if (kind.grads is not objectives.Objective.grads or kind.predict is not objectives.Objective.predict
-      or objective.input_key != 'image'):
-    return f'objective {objective.name!r} computes more than the head outputs on the images'
+      or objective.input_key is not None):
+    return f'objective {objective.name!r} computes more than the head outputs on the inputs'
   return None
 
 
@@ -240,9 +240,10 @@ def for_run(config: ml_collections.ConfigDict, objective: objectives.Objective, 
       log.info('feature cache not used: %s', why)
     return None
 
-  def fn(p, s, batch):
-    feats = model.apply(model_lib.variables(p, s), batch['image'], train=False, method=model_lib.Model.features)
-    return {**{k: v for k, v in batch.items() if k != 'image'}, 'image': feats.astype(jnp.float32)}
+  def fn(p, s, batch):   # the cached rows hold the features as their 'image': the head's input
+    feats = model.apply(model_lib.variables(p, s), objective.inputs(batch), train=False,
+                        method=model_lib.Model.features)
+    return {**{k: v for k, v in batch.items() if k not in ('image', 'tokens')}, 'image': feats.astype(jnp.float32)}
 
   fn = jax.jit(fn, out_shardings=sharding.replicated(mesh))
   size = memory.eval_batch_size(config.train, fn, (params, batch_stats), train_source, mesh, pre)

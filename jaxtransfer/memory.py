@@ -40,7 +40,9 @@ def example_of(source: Sequence[Any], pre: preprocess_lib.Preprocess | None = No
   """One example of `source` as the eval pipeline hands it to a step (a batch of one, with 'mask')."""
   if not len(source):
     raise errors.DataError('cannot size evaluation batches for an empty dataset')
-  return next(pipeline.eval_batches(source, batch_size=1, preprocess=pre, num_threads=1, prefetch=1))
+  example = next(pipeline.eval_batches(source, batch_size=1, preprocess=pre, num_threads=1, prefetch=1))
+  # Text: the longest input a step can get (every bucket compiles; the longest costs the most memory).
+  return pre.probe_example(example) if hasattr(pre, 'probe_example') else example
 
 
 def per_example_bytes(fn: Callable[..., Any], args: tuple[Any, ...], example: Mapping[str, np.ndarray],

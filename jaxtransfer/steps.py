@@ -34,9 +34,11 @@ def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
   return config.model.num_outputs or num_classes
 
 
-def input_shape(config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> tuple[int, ...]:
-  """The shape of one model input after the config's preprocessing (resize, crop)."""
-  return tuple(preprocess.from_config(config.input).output_shape(tuple(image_shape)))
+def input_shape(config: ml_collections.ConfigDict, image_shape: Sequence[int], pre: Any = None) -> tuple[int, ...]:
+  """The shape of one model input after the run's preprocessing `pre` (default: the config's resize and
+  crop; for text, `text.inputs.TextInputs`: a token sequence)."""
+  pre = pre if pre is not None else preprocess.from_config(config.input)
+  return tuple(pre.output_shape(tuple(image_shape)))
 
 
 def model_spec(config: ml_collections.ConfigDict, num_outputs: int,

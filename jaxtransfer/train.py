@@ -39,6 +39,7 @@ from jaxtransfer import (checkpoint, config as config_lib, errors, features, mem
                          optim, rules, sharding, steps, transfer)
 from jaxtransfer.data import catalog, pipeline, preprocess
 from jaxtransfer.models import model as model_lib
+from jaxtransfer.text import inputs as text_inputs
 from jaxtransfer.progress import MetricWriter, ProgressLog
 
 log = logging.getLogger('jaxtransfer')
@@ -148,10 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   data_dir = config.input.data_dir or None
   manual_dir = config.input.manual_dir or None
   info = catalog.info(config.data, data_dir=data_dir, manual_dir=manual_dir)
-  num_outputs = steps.num_outputs(config, info.num_classes)
   train_source = catalog.load(config.data, config.input.train_split, data_dir=data_dir, manual_dir=manual_dir)
-  indices = objective.train_examples(config, num_outputs)   # labels checked; None = every example
-  n_examples = len(indices) if indices is not None else len(train_source)
 
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints)
   # Resume from the newest checkpoint that restores; damaged newer ones are set aside with a warning.
@@ -161,14 +159,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     if (saved == 'skip') != (policy == 'skip'):
       raise errors.ConfigError(f'train.on_nonfinite={policy!r}, but the checkpoints in {workdir} were written with '
                                f"{saved!r}: the optimizer state differs; resume with that value or use a new workdir")
+  # A text dataset (no image): its tokenizer — the resumed checkpoint's, init_from's or the config's — makes
+  # the model inputs and travels in every checkpoint's meta (text/inputs.py).
+  tokenizer = None
+  if not info.image_shape:
+    init_meta = (checkpoint.read_meta(*checkpoint.open_for_reading(config.transfer.init_from))
+                 if config.transfer.init_from and start is None else None)
+    tokenizer = text_inputs.tokenizer_for_run(config, resume_meta=resume_meta if start is not None else None,
+                                              init_meta=init_meta, texts=lambda: text_inputs.source_texts(train_source))
+    objective = objective.for_tokenizer(tokenizer)
+  num_outputs = steps.num_outputs(config, objective.num_classes(info, tokenizer))
+  indices = objective.train_examples(config, num_outputs)   # labels checked; None = every example
+  n_examples = len(indices) if indices is not None else len(train_source)
   # On resume the model is the one this workdir saved; init_from is never opened again.
   spec = (resume_meta['model_spec'] if start is not None
           else steps.model_spec(config, num_outputs, objective))
+  if tokenizer is not None and start is None:
+    spec = {**spec, 'backbone': text_inputs.fit_backbone(spec['backbone'], tokenizer)}
   model = model_lib.build(spec)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  pre = preprocess.from_config(config.input)
+  pre = (text_inputs.from_config(config.text, tokenizer) if tokenizer is not None
+         else preprocess.from_config(config.input))
   # A backbone that init_from is about to overwrite is not randomly initialised (the head's values are the same).
-  variables, var_shardings = steps.init_variables(model, key_init, steps.input_shape(config, info.image_shape),
+  variables, var_shardings = steps.init_variables(model, key_init, steps.input_shape(config, info.image_shape, pre),
                                                   config.mesh, mesh,
                                                   random_backbone=start is not None or not config.transfer.init_from)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
@@ -229,6 +242,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   eval_step = jax.jit(steps.make_eval_step(model, objective), out_shardings=sharding.replicated(mesh))
   eval_batch_size = memory.eval_batch_size(config.train, eval_step, (params, batch_stats), eval_source, mesh, pre)
   meta = {'model_spec': spec, 'config': config.to_dict(), 'class_names': list(info.class_names)}
+  if tokenizer is not None:
+    meta['tokenizer'] = tokenizer.to_meta()
   writer = MetricWriter(workdir)
   progress = ProgressLog(start, config.train.steps, every=config.train.log_every)
   batches = pipeline.train_batches(train_source, batch_size=config.train.batch_size, seed=config.seed,
@@ -266,7 +281,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                            mesh, pre)
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})
     log.info('%s: step %d eval %s', workdir, step, ', '.join(
-        f'{k} {v:.4f}' for k, v in final.items() if k in ('accuracy', 'mean_ap', 'loss', 'count')))
+        f'{k} {v:.4f}' for k, v in final.items()
+        if k in ('accuracy', 'mean_ap', 'masked_accuracy', 'perplexity', 'loss', 'count')))
     if sharding.is_main_process():
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         json.dump(config.to_dict(), f, indent=1, default=str)

@@ -35,6 +35,19 @@ def test_wikitext2_splits_and_text(data_dir):
     catalog.labels('wikitext2', 'test', data_dir)
 
 
+def test_wikitext2_sentences_cut_paragraphs_at_full_stops(data_dir):
+  _need(text.WIKITEXT_DIR)
+  path = os.path.join(SHARED, text.WIKITEXT_DIR, text.WIKITEXT_FILES['validation'])
+  info = catalog.info('wikitext2/sentences', data_dir, manual_dir=SHARED)
+  paragraphs = [p for p in text.wikitext_paragraphs(path) if not p.startswith('=')]
+  assert info.splits['validation'] == len(text.wikitext_sentences(path)) > 2 * len(paragraphs)
+  src = catalog.load('wikitext2/sentences', 'validation', data_dir=data_dir, manual_dir=SHARED)
+  sentences = [src[i]['text'].decode() for i in range(50)]
+  assert all(not s.startswith('=') for s in sentences)
+  assert sum(s.endswith(' .') for s in sentences) >= 45          # each ends where a sentence ends
+  assert ' '.join(sentences[:3]) in ' '.join(paragraphs[:3])     # in order, nothing dropped
+
+
 @pytest.mark.parametrize('config,n_test', [('amazon', 200), ('both', 400)])
 def test_sentiment_sentences_split(data_dir, config, n_test):
   _need(text.SENTIMENT_DIR)

@@ -29,7 +29,9 @@ moves that into grain worker processes (needs absl flags marked as parsed; done 
 parsed them).
 
 Preprocessing (`preprocess=Preprocess(...)`, see preprocess.py, built from config.input by
-`preprocess.from_config`): resize / crop / flip per example, normalisation per batch. Training
+`preprocess.from_config`): resize / crop / flip per example, normalisation per batch. Text datasets
+(a 'text' feature) need `preprocess=text.inputs.TextInputs(...)`: each batch's texts become 'tokens'
+(int32 (B, T), padded per batch to one of a few bucket lengths). Training
 augmentation of element j (its position in the shuffled, repeated stream) draws from a generator
 seeded by (seed, j), so batch s is still a pure function of (seed, s) and a resumed run sees the same
 augmented images. Evaluation is deterministic (centre crop).
@@ -65,15 +67,21 @@ def _host_batch_size(batch_size: int, process_index: int, process_count: int) ->
   return batch_size // process_count
 
 
-def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | None = None) -> Batch:
-  image = np.asarray(batch['image'])
-  if np.issubdtype(image.dtype, np.integer):
-    image = image.astype(np.float32) * np.float32(1.0 / 255.0)
+def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | Any = None) -> Batch:
+  if 'text' in batch:   # text: `preprocess` is a text.inputs.TextInputs (tokenizer + padding buckets)
+    if not hasattr(preprocess, 'tokens'):
+      raise errors.DataError('a text dataset needs a tokenizer to make model inputs (text.tokenizer, or a '
+                             'transfer.init_from checkpoint that holds one)')
+    out = {'tokens': preprocess.tokens(batch['text'])}
   else:
-    image = image.astype(np.float32)
-  if preprocess is not None:
-    image = preprocess.normalize_batch(image)
-  out = {'image': image}
+    image = np.asarray(batch['image'])
+    if np.issubdtype(image.dtype, np.integer):
+      image = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    else:
+      image = image.astype(np.float32)
+    if preprocess is not None:
+      image = preprocess.normalize_batch(image)
+    out = {'image': image}
   if 'label' in batch:
     out['label'] = np.asarray(batch['label']).astype(np.int32)
   if 'mask' in batch:
@@ -82,7 +90,7 @@ def _to_model_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess | None
   # along: integers as int32, floats as float32 (non-numeric features, e.g. file names, are dropped).
   for k, v in batch.items():
     v = np.asarray(v)
-    if k not in out and k != 'image' and v.dtype.kind in 'biuf':
+    if k not in out and k not in ('image', 'text') and v.dtype.kind in 'biuf':
       out[k] = v.astype(np.float32) if v.dtype.kind == 'f' else v.astype(np.int32)
   return out
 

@@ -143,6 +143,11 @@ class Preprocess:
   def is_identity(self) -> bool:
     return not (self.resize or self.crop or self.flip or self.normalize or self.mean is not None)
 
+  @property
+  def augments(self) -> bool:
+    """Whether training examples are randomly transformed (then features are not a function of the example)."""
+    return bool(self.crop or self.flip)
+
   def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     if self.normalize:
       return NORMALIZATIONS[self.normalize]

@@ -56,4 +56,23 @@ class MultiTaskHead(nn.Module):
             for name, width in self.outputs.items()}
 
 
-HEADS = {'linear': LinearHead, 'mlp': MLPHead, 'multitask': MultiTaskHead}
+class MLMHead(nn.Module):
+  """BERT's masked-LM head on per-token features (…, width) → (…, num_outputs) vocabulary logits: Dense
+  (width `hidden`, 0 = the input's) + GELU + LayerNorm, then the output projection `out`.
+
+  Not tied to the token embedding: the head is a separate module that transfer drops (the embedding lives in
+  the backbone's block_0), so a frozen or layer-wise-decayed stem never silently changes how the output layer
+  trains, and the cost of untying is one vocabulary × width matrix during pretraining only.
+  """
+  num_outputs: int
+  hidden: int = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    del train
+    x = nn.gelu(nn.Dense(self.hidden or x.shape[-1], name='transform')(x), approximate=False)
+    x = nn.LayerNorm(epsilon=1e-12, name='norm')(x)
+    return nn.Dense(self.num_outputs, name='out')(x)
+
+
+HEADS = {'linear': LinearHead, 'mlp': MLPHead, 'multitask': MultiTaskHead, 'mlm': MLMHead}

@@ -35,6 +35,15 @@ class Model(nn.Module):
   def features(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
     return self.backbone(x, train=train, frozen=frozen)
 
+  def per_token(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
+    """(the head on every position of a sequence backbone's output (B, T, …), the real-token mask (B, T)):
+    what a masked-prediction objective reads (`TransformerEncoder.encode`)."""
+    if not hasattr(self.backbone, 'encode'):
+      raise errors.ConfigError(f'{type(self.backbone).__name__} has no per-token outputs: a masked-prediction '
+                               'objective needs a transformer backbone')
+    seq, mask = self.backbone.encode(x, train=train, frozen=frozen)
+    return self.head(seq, train=train), mask
+
 
 def _build_part(registry: Mapping[str, type[nn.Module]], spec: Mapping[str, Any], what: str) -> nn.Module:
   kwargs = dict(spec)

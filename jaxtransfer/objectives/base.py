@@ -3,9 +3,9 @@
 An objective is what a run optimises and how it is measured; the training loop (`train.train`) and the
 steps it compiles (`steps.py`) call it the same way whatever it is. Jitted inside the steps:
   grads(fwd, trainable, state, batch, key) → (grads, new batch_stats, new state, {'loss': …, metric: …})
-      default: `jax.value_and_grad` of `loss` on the training forward pass of `batch[input_key]`;
+      default: `jax.value_and_grad` of `loss` on the training forward pass of `inputs(batch)`;
   loss(outputs, batch)          → (scalar loss, {name: scalar}), used by the default `grads`;
-  predict(model, variables, batch) → outputs in inference mode; default `model.apply(batch[input_key])`;
+  predict(model, variables, batch) → outputs in inference mode; default `model.apply(inputs(batch))`;
   per_example(outputs, batch)   → {name: (B, …) array} — gathered on the host over a whole split.
 On the host:
   head(config, num_outputs)     → the head spec of a run (`models/heads.py`);
@@ -13,11 +13,15 @@ On the host:
       after validating their labels (one-line `errors.DataError` / `errors.ConfigError`);
   summarize({name: array})      → {metric: float} over a whole split without padding;
   init_state(params)            → {name: pytree} of extra state (`has_state`), carried next to the optimizer
-      state in `opt_state` = {'tx': optax state, **state} and so checkpointed and resumed with it.
+      state in `opt_state` = {'tx': optax state, **state} and so checkpointed and resumed with it;
+  num_classes(info, tokenizer)  → the width of what it predicts (default: the dataset's classes);
+  for_tokenizer(tokenizer)      → the objective bound to a text run's tokenizer (default: itself).
+The model input is `inputs(batch)`: batch['tokens'] for text (the pipeline tokenizes), else batch['image'],
+or `batch[input_key]` when an objective names its own.
 Gathering per-example values (not running sums) keeps metrics such as AUC and average precision exact.
 
-What an objective may need beyond classification, without a change to the loop: another input than
-'image' (`input_key`, e.g. text tokens); randomness drawn inside the step from `key` (which tokens to
+What an objective may need beyond classification, without a change to the loop: another input
+(`input_key`); randomness drawn inside the step from `key` (which tokens to
 mask: override `grads` and split `key`); outputs that are not a head's logits on pooled features (call
 `fwd.apply(..., method=...)` in `grads` and `model.apply(..., method=...)` in `predict`); extra state
 such as an EMA teacher (`init_state` + `grads`).
@@ -67,7 +71,13 @@ class Objective:
   hooks have defaults (see the module docstring). Instances are immutable and hold their settings."""
 
   name: str = 'objective'
-  input_key: str = 'image'
+  input_key: str | None = None    # None: 'tokens' when the batch has them, else 'image'
+
+  def inputs(self, batch: Batch) -> Any:
+    """The model input of `batch` (class docstring)."""
+    if self.input_key is not None:
+      return batch[self.input_key]
+    return batch['tokens'] if 'tokens' in batch else batch['image']
 
   # --- jitted inside the train and eval steps ---
 
@@ -80,7 +90,7 @@ class Objective:
     train metrics (with 'loss'). Default: one backward pass of `loss` on the training forward pass."""
 
     def loss_fn(p):
-      outputs, new_stats = fwd.apply(p, batch[self.input_key], key)
+      outputs, new_stats = fwd.apply(p, self.inputs(batch), key)
       loss, metrics = self.loss(outputs, batch)
       return loss, (metrics, new_stats)
 
@@ -89,7 +99,7 @@ class Objective:
 
   def predict(self, model: model_lib.Model, variables: dict[str, Any], batch: Batch) -> Any:
     """Inference-mode outputs for `per_example`."""
-    return model.apply(variables, batch[self.input_key], train=False)
+    return model.apply(variables, self.inputs(batch), train=False)
 
   def per_example(self, outputs: Any, batch: Batch) -> dict[str, jax.Array]:
     raise NotImplementedError
@@ -115,3 +125,13 @@ class Objective:
   def init_state(self, params: PyTree) -> dict[str, PyTree]:
     del params
     return {}
+
+  def num_classes(self, info: Any, tokenizer: Any | None) -> int:
+    """How many classes the head predicts before `config.model.num_outputs` overrides: the dataset's."""
+    del tokenizer
+    return info.num_classes
+
+  def for_tokenizer(self, tokenizer: Any) -> 'Objective':
+    """This objective for a text run tokenized by `tokenizer` (e.g. which id is [MASK])."""
+    del tokenizer
+    return self

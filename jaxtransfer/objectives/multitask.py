@@ -241,7 +241,7 @@ class MultiTask(base.Objective):
     parameters (T backbone backward passes, `weighting.weighted_grads`)."""
     if self.method is None:
       return super().grads(fwd, trainable, state, batch, key)
-    method, x = self.method, batch[self.input_key]
+    method, x = self.method, self.inputs(batch)
     if self.task_gradients == 'features' and method.needs_gram:
       def features_fn(backbone):
         return fwd.apply({'backbone': backbone}, x, None, method=model_lib.Model.features)

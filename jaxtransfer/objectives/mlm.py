@@ -1,0 +1,143 @@
+"""Masked-language-model pretraining (BERT): predict hidden tokens from the rest of the sentence.
+
+Masking is drawn inside the jitted train step from the step key (`select_and_corrupt`), so a resumed run
+is bit-identical: each non-padding, non-special token is selected with probability `mlm.mask_rate`
+(15 %); a selected token becomes [MASK] with probability `mlm.mask_token` (80 %), a random ordinary token
+with `mlm.random_token` (10 %), and stays itself otherwise. Loss and accuracy are over the selected
+positions only — an unselected position has exactly zero loss and gradient. The head (`MLMHead`: dense +
+GELU + LayerNorm + output projection, untied from the token embedding; see models/heads.py) runs on every
+position of `TransformerEncoder.encode`; transfer drops it like any head.
+
+Evaluation masks the same way with a key derived from the batch's own tokens (not the step), so a split
+scores the same at every evaluation and in `jaxtransfer evaluate`: metrics `masked_accuracy`, `loss` (mean
+cross-entropy per masked token) and `perplexity` = exp(loss), summed over the whole split.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxtransfer import errors
+from jaxtransfer.models import model as model_lib
+from jaxtransfer.objectives import base
+
+
+def select_and_corrupt(tokens: jax.Array, key: jax.Array, *, mask_rate: float, mask_token: float,
+                       random_token: float, mask_id: int, special_ids: tuple[int, ...],
+                       vocab_size: int) -> tuple[jax.Array, jax.Array]:
+  """(corrupted tokens, selected positions (B, T) bool) — BERT's masking of `tokens` (module docstring).
+
+  Never selects a special token (padding, [CLS], [SEP], [MASK], unknown); random replacements are ordinary
+  tokens, uniform over the vocabulary without the special ones.
+  """
+  k_select, k_how, k_random = jax.random.split(key, 3)
+  special = jnp.isin(tokens, jnp.asarray(special_ids, jnp.int32))
+  selected = (jax.random.uniform(k_select, tokens.shape) < mask_rate) & ~special
+  how = jax.random.uniform(k_how, tokens.shape)
+  ordinary = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids)).astype(np.int32)
+  random_ids = jnp.asarray(ordinary)[jax.random.randint(k_random, tokens.shape, 0, len(ordinary))]
+  corrupted = jnp.where(how < mask_token, mask_id, jnp.where(how < mask_token + random_token, random_ids, tokens))
+  return jnp.where(selected, corrupted, tokens).astype(tokens.dtype), selected
+
+
+def masked_losses(logits: jax.Array, targets: jax.Array, selected: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(per-position cross-entropy, per-position correct), both exactly 0 where not `selected`."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return jnp.where(selected, nll, 0.0), jnp.where(selected, correct, 0.0)
+
+
+def _content_key(tokens: jax.Array) -> jax.Array:
+  """A key that depends only on the tokens of each row (evaluation masking, reproducible)."""
+  weights = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  row_hash = jnp.sum(tokens.astype(jnp.uint32) * weights, axis=1)
+  return jax.vmap(lambda h: jax.random.fold_in(jax.random.key(0x6D6C6D), h))(row_hash)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM(base.Objective):
+  """The masked-LM objective (module docstring); bound to a tokenizer by `for_tokenizer` before use."""
+  mask_rate: float = 0.15
+  mask_token: float = 0.8
+  random_token: float = 0.1
+  head_hidden: int = 0
+  mask_id: int = -1
+  special_ids: tuple[int, ...] = ()
+  vocab_size: int = 0
+
+  name = 'mlm'
+  input_key = 'tokens'
+
+  def for_tokenizer(self, tokenizer: Any) -> 'MaskedLM':
+    mask_id = tokenizer.mask_id
+    if mask_id is None:
+      raise errors.ConfigError('objective mlm: the tokenizer has no [MASK] token')
+    return dataclasses.replace(self, mask_id=int(mask_id), special_ids=tuple(int(i) for i in tokenizer.special_ids),
+                               vocab_size=int(tokenizer.vocab_size))
+
+  def _check_bound(self) -> None:
+    if self.mask_id < 0:
+      raise errors.ConfigError('objective mlm needs a text dataset and a tokenizer (for_tokenizer was not called)')
+
+  def num_classes(self, info: Any, tokenizer: Any | None) -> int:
+    if tokenizer is None:
+      raise errors.ConfigError('objective mlm needs a text dataset (a tokenizer)')
+    return int(tokenizer.vocab_size)
+
+  def head(self, config: ml_collections.ConfigDict, num_outputs: int) -> dict[str, Any]:
+    return {'name': 'mlm', 'num_outputs': num_outputs, 'hidden': self.head_hidden}
+
+  def _corrupt(self, tokens: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return select_and_corrupt(tokens, key, mask_rate=self.mask_rate, mask_token=self.mask_token,
+                              random_token=self.random_token, mask_id=self.mask_id, special_ids=self.special_ids,
+                              vocab_size=self.vocab_size)
+
+  def grads(self, fwd, trainable, state, batch, key):
+    self._check_bound()
+    k_mask, k_dropout = jax.random.split(key)
+    tokens = batch['tokens']
+    corrupted, selected = self._corrupt(tokens, k_mask)
+    count = jnp.maximum(jnp.sum(selected), 1).astype(jnp.float32)
+
+    def loss_fn(p):
+      (logits, _), new_stats = fwd.apply(p, corrupted, k_dropout, method=model_lib.Model.per_token)
+      nll, correct = masked_losses(logits, tokens, selected)
+      return jnp.sum(nll) / count, (jnp.sum(correct) / count, new_stats)
+
+    (loss, (accuracy, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    return grads, new_stats, state, {'loss': loss, 'masked_accuracy': accuracy,
+                                     'masked_tokens': jnp.sum(selected).astype(jnp.float32)}
+
+  def predict(self, model, variables, batch):
+    self._check_bound()
+    tokens = batch['tokens']
+    keys = _content_key(tokens)
+    corrupted, selected = jax.vmap(lambda t, k: self._corrupt(t[None], k))(tokens, keys)
+    corrupted, selected = corrupted[:, 0], selected[:, 0]
+    logits, _ = model.apply(variables, corrupted, train=False, method=model_lib.Model.per_token)
+    return logits, selected
+
+  def per_example(self, outputs, batch):
+    logits, selected = outputs
+    nll, correct = masked_losses(logits, batch['tokens'], selected)
+    return {'nll': jnp.sum(nll, 1), 'correct': jnp.sum(correct, 1), 'masked': jnp.sum(selected, 1).astype(jnp.float32)}
+
+  def loss(self, outputs, batch):   # not used: `grads` is overridden (masking needs the step key)
+    raise NotImplementedError
+
+  def summarize(self, values):
+    n = max(float(np.sum(values['masked'])), 1.0)
+    loss = float(np.sum(values['nll'])) / n
+    return {'masked_accuracy': float(np.sum(values['correct'])) / n, 'loss': loss,
+            'perplexity': float(np.exp(min(loss, 700.0))), 'masked_tokens': float(np.sum(values['masked']))}
+
+
+def from_config(config: ml_collections.ConfigDict) -> MaskedLM:
+  m = config.get('mlm', ml_collections.ConfigDict())
+  return MaskedLM(mask_rate=float(m.get('mask_rate', 0.15)), mask_token=float(m.get('mask_token', 0.8)),
+                  random_token=float(m.get('random_token', 0.1)), head_hidden=int(m.get('head_hidden', 0)))

@@ -1,0 +1,213 @@
+"""Text runs through THE training loop: tokenized batches padded to buckets, BERT masking inside the step,
+the masked-LM objective's loss and metrics, the tokenizer travelling in checkpoints, and fine-tuning from an
+MLM checkpoint with the MLM head dropped."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip('tokenizers', reason='the `text` extra (tokenizers) is not installed')
+
+from jaxtransfer import checkpoint, config as config_lib, errors, train  # noqa: E402
+from jaxtransfer.data import catalog, pipeline  # noqa: E402
+from jaxtransfer.objectives import mlm  # noqa: E402
+from jaxtransfer.text import inputs as text_inputs  # noqa: E402
+from jaxtransfer.text import tokenizer as tokenizer_lib  # noqa: E402
+
+POS = ['great phone and good battery', 'i love this product a lot', 'works well very happy with it',
+       'excellent sound and nice screen', 'good value would buy again', 'the best case i have owned']
+NEG = ['bad battery and poor sound', 'i hate this broken product', 'does not work very unhappy',
+       'terrible screen and awful case', 'poor value would not buy', 'the worst phone i have owned']
+SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+
+
+def word_tokenizer(texts) -> tokenizer_lib.Tokenizer:
+  """A tiny WordLevel tokenizer with BERT's special tokens and [CLS] … [SEP] template."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+  tok = Tokenizer(models.WordLevel(unk_token='[UNK]'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.train_from_iterator(sorted(texts), trainers.WordLevelTrainer(special_tokens=SPECIALS))
+  tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]',
+                                                     special_tokens=[('[CLS]', 2), ('[SEP]', 3)])
+  return tokenizer_lib.Tokenizer.from_json(tok.to_str())
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  """A labelled TSV (textfile:) of 12 × 8 review sentences and its tokenizer.json."""
+  d = tmp_path_factory.mktemp('text')
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(8):
+    for s, label in [(t, 'pos') for t in POS] + [(t, 'neg') for t in NEG]:
+      words = s.split()
+      rng.shuffle(words)
+      lines.append(f'{" ".join(words[:3 + i % 4]) if i else s}\t{label}')
+  path = d / 'reviews.tsv'
+  path.write_text('\n'.join(lines) + '\n')
+  tok = word_tokenizer(POS + NEG)
+  (d / 'tokenizer.json').write_text(tok.content)
+  return {'data': f'textfile:{path}', 'tokenizer': str(d / 'tokenizer.json'), 'data_dir': str(d / 'tfds'), 'tok': tok}
+
+
+@pytest.fixture(scope='module')
+def templates(tmp_path_factory, corpus):
+  """The 12 sentences, 8 copies each: a masked word is predictable from the rest of its sentence."""
+  d = tmp_path_factory.mktemp('templates')
+  path = d / 'templates.tsv'
+  path.write_text(''.join(f'{t}\t{label}\n' for _ in range(8) for ts, label in ((POS, 'pos'), (NEG, 'neg')) for t in ts))
+  return {**corpus, 'data': f'textfile:{path}', 'data_dir': str(d / 'tfds')}
+
+
+def mlm_config(corpus, **over):
+  c = config_lib.base()
+  c.data, c.objective = corpus['data'], 'mlm'
+  c.input.data_dir = corpus['data_dir']
+  c.text.tokenizer, c.text.max_len, c.text.buckets = corpus['tokenizer'], 16, (8, 16)
+  c.model.backbone = {'name': 'transformer', 'num_layers': 2, 'width': 32, 'num_heads': 2, 'mlp_dim': 64,
+                      'vocab_size': 0, 'max_len': 16}
+  c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 6, 8, 3, 3
+  c.optim.lr = 3e-3
+  for k, v in over.items():
+    target = c
+    *path, last = k.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def test_batches_are_padded_per_batch_to_the_smallest_bucket(corpus):
+  tok = corpus['tok']
+  ti = text_inputs.TextInputs(tok, max_len=16, buckets=(4, 8))
+  assert ti.buckets == (4, 8, 16)                       # max_len is always the last bucket
+  short = ti.tokens([b'good phone', 'bad'])              # [CLS] good phone [SEP] → 4
+  assert short.shape == (2, 4) and short.dtype == np.int32
+  assert list(short[1]) == [tok.token_to_id('[CLS]'), tok.token_to_id('bad'), tok.token_to_id('[SEP]'), tok.pad_id]
+  longer = ti.tokens([' '.join(['good'] * 5)])           # 7 tokens → bucket 8
+  assert longer.shape == (1, 8)
+  very_long = ti.tokens([' '.join(['good'] * 40)])       # truncated at max_len, [SEP] kept
+  assert very_long.shape == (1, 16) and very_long[0, -1] == tok.token_to_id('[SEP]')
+  source = catalog.load(corpus['data'], 'train', data_dir=corpus['data_dir'])
+  for batch in pipeline.eval_batches(source, batch_size=16, preprocess=ti):
+    assert set(batch) >= {'tokens', 'label', 'mask'} and 'text' not in batch
+    assert batch['tokens'].shape[1] in ti.buckets
+    # padding rows (mask 0) hold no ordinary token: an MLM evaluation selects nothing there
+    assert set(np.unique(batch['tokens'][batch['mask'] == 0]).tolist()) <= set(tok.special_ids)
+
+
+def test_text_batches_without_a_tokenizer_are_a_one_line_error(corpus):
+  source = catalog.load(corpus['data'], 'train', data_dir=corpus['data_dir'])
+  with pytest.raises(errors.DataError, match='needs a tokenizer'):
+    next(pipeline.eval_batches(source, batch_size=4))
+
+
+def test_masking_statistics_and_padding_never_selected():
+  vocab, special = 50, (0, 1, 2, 3, 4)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(5, vocab, (256, 64)).astype(np.int32)
+  lengths = rng.integers(10, 64, 256)
+  tokens[np.arange(64)[None, :] >= lengths[:, None]] = 0        # padding
+  tokens[:, 0] = 2                                               # [CLS]
+  corrupted, selected = jax.jit(lambda t, k: mlm.select_and_corrupt(
+      t, k, mask_rate=0.15, mask_token=0.8, random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab))(
+          tokens, jax.random.key(1))
+  corrupted, selected = np.asarray(corrupted), np.asarray(selected)
+  eligible = (tokens != 0) & (tokens != 2)
+  assert not selected[~eligible].any()                           # padding and [CLS] are never selected
+  assert np.all(corrupted[~selected] == tokens[~selected])       # unselected tokens are untouched
+  rate = selected.sum() / eligible.sum()
+  assert abs(rate - 0.15) < 0.01, rate
+  sel_orig, sel_new = tokens[selected], corrupted[selected]
+  to_mask = np.mean(sel_new == 4)
+  same = np.mean(sel_new == sel_orig)
+  assert abs(to_mask - 0.8) < 0.02 and 0.08 < same < 0.13, (to_mask, same)
+  replaced = sel_new[(sel_new != 4) & (sel_new != sel_orig)]
+  assert len(replaced) and np.all(replaced >= 5) and np.all(replaced < vocab)   # random tokens are ordinary
+  # A different step key draws a different mask; the same key the same one.
+  again = mlm.select_and_corrupt(jnp.asarray(tokens), jax.random.key(1), mask_rate=0.15, mask_token=0.8,
+                                 random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab)[1]
+  other = mlm.select_and_corrupt(jnp.asarray(tokens), jax.random.key(2), mask_rate=0.15, mask_token=0.8,
+                                 random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab)[1]
+  assert np.array_equal(np.asarray(again), selected) and not np.array_equal(np.asarray(other), selected)
+
+
+def test_unselected_positions_get_exactly_zero_loss_and_gradient():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 7, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (3, 7)), jnp.int32)
+  selected = jnp.asarray(rng.random((3, 7)) < 0.3)
+  nll, correct = mlm.masked_losses(logits, targets, selected)
+  assert np.all(np.asarray(nll)[~np.asarray(selected)] == 0) and np.all(np.asarray(correct)[~np.asarray(selected)] == 0)
+  assert np.all(np.asarray(nll)[np.asarray(selected)] > 0)
+  grad = jax.grad(lambda lg: jnp.sum(mlm.masked_losses(lg, targets, selected)[0]))(logits)
+  assert np.all(np.asarray(grad)[~np.asarray(selected)] == 0)
+  assert np.all(np.abs(np.asarray(grad)[np.asarray(selected)]).sum(-1) > 0)
+
+
+def test_mlm_pretraining_learns_saves_its_tokenizer_and_resumes_bit_identically(corpus, tmp_path):
+  c = mlm_config(corpus)
+  full = train.train(c, str(tmp_path / 'full'))
+  assert set(full.metrics) >= {'masked_accuracy', 'perplexity', 'loss', 'masked_tokens'}
+  assert full.metrics['masked_tokens'] > 0 and np.isfinite(full.metrics['perplexity'])
+  # The tokenizer and the fitted vocabulary are in the checkpoint's meta.
+  mngr, step = checkpoint.open_for_reading(str(tmp_path / 'full'))
+  meta = checkpoint.read_meta(mngr, step)
+  assert tokenizer_lib.from_meta(meta['tokenizer']).fingerprint == corpus['tok'].fingerprint
+  assert meta['model_spec']['backbone']['vocab_size'] == corpus['tok'].vocab_size
+  assert meta['model_spec']['head'] == {'name': 'mlm', 'num_outputs': corpus['tok'].vocab_size, 'hidden': 0}
+  # Preempted after 3 steps and resumed: the same final parameters (masking drawn from the step key).
+  train.train(c, str(tmp_path / 'split'), stop_after=3)
+  resumed = train.train(c, str(tmp_path / 'split'))
+  assert resumed.init == 'resume'
+  for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  lines = [json.loads(x) for x in open(tmp_path / 'full' / 'metrics.jsonl')]
+  assert any('train/masked_accuracy' in x for x in lines) and any('eval/perplexity' in x for x in lines)
+
+
+def test_mlm_learns_to_fill_in_masked_words(templates, tmp_path):
+  over = {'train.steps': 200, 'train.checkpoint_every': 200, 'optim.lr': 3e-3, 'input.eval_split': 'train'}
+  start = train.train(mlm_config(templates, **{**over, 'train.steps': 1}), str(tmp_path / 'one')).metrics
+  end = train.train(mlm_config(templates, **over), str(tmp_path / 'long')).metrics
+  assert end['masked_tokens'] > 50
+  assert end['loss'] < start['loss'] - 1.5, (start, end)
+  assert end['masked_accuracy'] > 0.5 > start['masked_accuracy'], (start, end)
+
+
+def test_finetune_from_mlm_drops_its_head_and_keeps_its_tokenizer(corpus, tmp_path):
+  pre = str(tmp_path / 'pre')
+  train.train(mlm_config(corpus), pre)
+  c = mlm_config(corpus, objective='classification')
+  c.model.backbone, c.transfer.init_from, c.text.tokenizer = None, pre, ''
+  c.trainable = 'last:1'
+  out = train.train(c, str(tmp_path / 'ft'))
+  assert out.init == 'init_from' and 0.0 <= out.metrics['accuracy'] <= 1.0
+  assert set(out.params['head']) == {'out'} and out.params['head']['out']['kernel'].shape == (32, 2)
+  mngr, step = checkpoint.open_for_reading(str(tmp_path / 'ft'))
+  assert checkpoint.read_meta(mngr, step)['tokenizer']['sha256'] == corpus['tok'].fingerprint
+  # Naming another tokenizer than the checkpoint's is one line.
+  other = tmp_path / 'other.json'
+  other.write_text(word_tokenizer(POS).content)
+  c.text.tokenizer = str(other)
+  with pytest.raises(tokenizer_lib.TokenizerError, match='differs from the checkpoint'):
+    train.train(c, str(tmp_path / 'ft2'))
+
+
+def test_a_text_run_without_a_tokenizer_or_with_an_image_backbone_is_one_line(corpus, tmp_path):
+  c = mlm_config(corpus)
+  c.text.tokenizer = ''
+  with pytest.raises(tokenizer_lib.TokenizerError, match='set text.tokenizer'):
+    train.train(c, str(tmp_path / 'a'))
+  c = mlm_config(corpus, objective='classification')
+  c.model.backbone = {'name': 'cnn', 'stages': [8], 'dense': []}
+  with pytest.raises(errors.ConfigError, match='needs a token encoder'):
+    train.train(c, str(tmp_path / 'b'))
+  c = mlm_config(corpus)
+  c.model.backbone = {**c.model.backbone, 'vocab_size': 5}
+  with pytest.raises(errors.ConfigError, match='smaller than the tokenizer'):
+    train.train(c, str(tmp_path / 'c'))
