@@ -33,7 +33,7 @@ flags.DEFINE_string('pretrain', multitask_scenes.PRETRAIN,
 flags.DEFINE_integer('workers', 1, 'Worker processes for the runs (sweep.run).')
 flags.DEFINE_list('lrs', ['1e-3', '3e-3', '1e-2'], 'Learning rates tuned per cell on the validation split '
                   '(one value: no tuning).')
-flags.DEFINE_integer('tune_seeds', 1, 'Tuning seeds per (cell, lr): 100, 101, … (disjoint from the reporting seeds).')
+flags.DEFINE_integer('tune_seeds', 2, 'Tuning seeds per (cell, lr): 100, 101, … (disjoint from the reporting seeds).')
 
 VAL_TRAIN, VAL_EVAL = 4000, 'train[4000:]'   # scenes train: the first 4000 to train on, the last 1000 to score
 
@@ -120,7 +120,7 @@ def tune(cells: Sequence[tuple[str, Callable[[int], Any]]], workdir: str, key: s
 def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir: str, key: str = 'mean_ap',
          fn: sweep.RunFn = sweep.train_run) -> Grid:
   """`cells` = [(name, seed -> config)]: each cell's lr tuned (`tune`), then one sweep (jaxtransfer/sweep.py)
-  of cells × reporting seeds at those lrs in `workdir/<name>/seed_<s>`, each cached in its final.json."""
+  of cells × reporting seeds at those lrs in `workdir/<name>/lr<lr>/seed_<s>`, each cached in its final.json."""
   lrs = tune(cells, workdir, key, fn)
 
   def at_lr(name: str, make: Callable[[int], Any], seed: int) -> ml_collections.ConfigDict:
@@ -128,7 +128,7 @@ def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir:
     c.optim.lr = lrs[name]
     return c
 
-  runs = [sweep.Run(name, name, seed, at_lr(name, make, seed), os.path.join(workdir, name, f'seed_{seed}'), fn=fn,
+  runs = [sweep.Run(name, name, seed, at_lr(name, make, seed), os.path.join(workdir, name, f'lr{lrs[name]:g}', f'seed_{seed}'), fn=fn,
                     no_result=NO_RESULT) for name, make in cells for seed in range(seeds)]
   vals = sweep.values(sweep.run(runs, flags.FLAGS.workers, on_result=_log), key)
   return Grid({name: vals[name][name] for name, _ in cells}, lrs)
@@ -141,9 +141,10 @@ def lr_notes(lrs: dict[str, float]) -> str:
           f'{tune_lr.FIRST_SEED}):\n\n| cell | lr |\n|---|---|\n' + '\n'.join(f'| {n} | {lr:g} |' for n, lr in lrs.items()))
 
 
-def wall_seconds(workdir: str, name: str, seeds: int) -> list[float]:
-  """The recorded wall-clock seconds of each seed's run of a grid cell (machine load included)."""
-  return [json.load(open(os.path.join(workdir, name, f'seed_{s}', sweep.FINAL)))['wall_s'] for s in range(seeds)]
+def wall_seconds(workdir: str, name: str, lr: float, seeds: int) -> list[float]:
+  """The recorded wall-clock seconds of each seed's run of a grid cell at `lr` (machine load included)."""
+  return [json.load(open(os.path.join(workdir, name, f'lr{lr:g}', f'seed_{s}', sweep.FINAL)))['wall_s']
+          for s in range(seeds)]
 
 
 def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:

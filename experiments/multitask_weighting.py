@@ -38,7 +38,7 @@ def main(_):
   g = R.grid([(m, make(m)) for m in FLAGS.methods], FLAGS.seeds, FLAGS.workdir)
   res = g.values
   base = res.get('equal')
-  seconds = {m: R.wall_seconds(FLAGS.workdir, m, FLAGS.seeds) for m in FLAGS.methods}
+  seconds = {m: R.wall_seconds(FLAGS.workdir, m, g.lr[m], FLAGS.seeds) for m in FLAGS.methods}
   vals = {'mean AP': {m: res[m] for m in FLAGS.methods}}
   if base:
     vals['Δ vs equal (paired by seed)'] = {m: R.paired(res[m], base) for m in FLAGS.methods}
