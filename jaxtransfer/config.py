@@ -85,7 +85,11 @@ def base() -> ml_collections.ConfigDict:
   c.transfer.head_init = 'fresh'        # 'fresh' | 'class_names': start the output layer from the checkpoint's
                                         # outputs for classes of the same name (A's '0'…'9' → B's digits)
 
-  c.trainable = 'all'                   # 'all' | 'head' | 'last:K' | a regex over parameter paths
+  c.trainable = 'all'                   # 'all' | 'head' | 'last:K' | 'bitfit' | 'lora:R' | a regex over parameter paths
+  c.lora = ml_collections.ConfigDict()  # trainable='lora:R' on the Transformer encoder (jaxtransfer/lora.py)
+  c.lora.targets = ''                  # regex over the module path inside a block ('' = transformer.LORA_TARGETS:
+                                        # attention query/key/value/out and the MLP kernels)
+  c.lora.alpha = 0.0                    # adapter scale alpha / R (0 = transformer.LORA_ALPHA)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'
@@ -223,6 +227,7 @@ RANGES = {
     'mlm.mask_token': (0.0, 1.0, True, True),
     'mlm.random_token': (0.0, 1.0, True, True),
     'mlm.head_hidden': (0, None, True, True),
+    'lora.alpha': (0.0, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
 _ABSENT = object()

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import errors, objectives, sharding, transfer
+from jaxtransfer import errors, lora, objectives, sharding, transfer
 from jaxtransfer.data import pipeline, preprocess
 from jaxtransfer.models import model as model_lib
 
@@ -53,6 +53,10 @@ def model_spec(config: ml_collections.ConfigDict, num_outputs: int,
     backbone = transfer.source_backbone_spec(config.transfer.init_from, config.transfer.drop_last_blocks)
   else:
     raise errors.ConfigError('config.model.backbone is empty and there is no transfer.init_from to take it from')
+  # trainable='lora:R': the encoder gets rank-R adapters (config.lora; a no-op for other presets).
+  lora_config = config.get('lora', {})
+  backbone = lora.with_adapters(backbone, config.trainable,
+                                **{k: lora_config[k] for k in ('targets', 'alpha') if lora_config.get(k)})
   objective = objective or objectives.from_config(config)
   return {'backbone': jax.tree_util.tree_map(lambda x: x, backbone), 'head': objective.head(config, num_outputs)}
 

@@ -196,6 +196,12 @@ def test_finetune_from_mlm_drops_its_head_and_keeps_its_tokenizer(corpus, tmp_pa
   c.text.tokenizer = str(other)
   with pytest.raises(tokenizer_lib.TokenizerError, match='differs from the checkpoint'):
     train.train(c, str(tmp_path / 'ft2'))
+  # A from-scratch twin tokenizes exactly like the pretrained encoder ('from:<checkpoint>').
+  c.transfer.init_from, c.text.tokenizer = '', f'from:{pre}'
+  c.model.backbone, c.trainable = mlm_config(corpus).model.backbone, 'all'
+  scratch = train.train(c, str(tmp_path / 'scratch'))
+  mngr, step = checkpoint.open_for_reading(str(tmp_path / 'scratch'))
+  assert scratch.init == 'scratch' and checkpoint.read_meta(mngr, step)['tokenizer']['sha256'] == corpus['tok'].fingerprint
 
 
 def test_a_text_run_without_a_tokenizer_or_with_an_image_backbone_is_one_line(corpus, tmp_path):

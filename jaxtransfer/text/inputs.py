@@ -13,7 +13,9 @@ Which tokenizer (`tokenizer_for_run`), in order:
   2. the `transfer.init_from` checkpoint's — a fine-tune tokenizes with exactly its backbone's tokenizer;
      `config.text.tokenizer` naming another one is a one-line `TokenizerError`;
   3. `config.text.tokenizer`: 'sentencepiece' (trained on the training split's texts, sorted, with
-     `text.vocab_size` and `text.tokenizer_seed`: deterministic) or the path of a `tokenizer.json`.
+     `text.vocab_size` and `text.tokenizer_seed`: deterministic), the path of a `tokenizer.json`, or
+     'from:<checkpoint>' — another checkpoint's tokenizer without its weights (a from-scratch twin of a
+     pretrained encoder that tokenizes exactly like it).
 The tokenizer is written into every checkpoint's meta (`meta['tokenizer']`), so it travels with the weights.
 """
 
@@ -109,9 +111,15 @@ def read_tokenizer(spec: str, texts: Any, text_config: ml_collections.ConfigDict
     from jaxtransfer.text import sentencepiece   # the `text` extra's sentencepiece, only when training one
     return sentencepiece.train_sentencepiece(corpus, int(text_config.vocab_size),
                                              seed=int(text_config.get('tokenizer_seed', 0)))
+  if spec.startswith('from:'):
+    from jaxtransfer import checkpoint
+    meta = checkpoint.read_meta(*checkpoint.open_for_reading(spec[len('from:'):]))
+    if 'tokenizer' not in meta:
+      raise tokenizer_lib.TokenizerError(f'text.tokenizer={spec!r}: that checkpoint holds no tokenizer')
+    return tokenizer_lib.from_meta(meta['tokenizer'])
   if not os.path.isfile(spec):
-    raise tokenizer_lib.TokenizerError(f"text.tokenizer={spec!r}: expected 'sentencepiece' or the path of a "
-                                       'tokenizer.json file (no such file)')
+    raise tokenizer_lib.TokenizerError(f"text.tokenizer={spec!r}: expected 'sentencepiece', 'from:<checkpoint>' "
+                                       'or the path of a tokenizer.json file (no such file)')
   with open(spec) as f:
     return tokenizer_lib.Tokenizer.from_json(f.read())
 
