@@ -60,6 +60,22 @@ def with_adapters(backbone_spec: Mapping[str, Any], trainable: str, *, targets: 
   return out
 
 
+def adapters(tree: Any) -> dict[str, Any]:
+  """{'/'-joined path: leaf} of every LoRA adapter leaf (`…/lora_a`, `…/lora_b`) of a nested-dict `tree`."""
+  return {p: x for p, x in flax.traverse_util.flatten_dict(tree, sep='/').items() if rules.is_adapter(p)}
+
+
+def replace(tree: Any, leaves: Mapping[str, Any]) -> Any:
+  """`tree` with the leaves at the '/'-joined paths of `leaves` replaced (every path must exist)."""
+  if not leaves:
+    return tree
+  flat = flax.traverse_util.flatten_dict(tree, sep='/')
+  unknown = [p for p in leaves if p not in flat]
+  if unknown:
+    raise LoRAError(f'no leaf {unknown[0]} to replace')
+  return flax.traverse_util.unflatten_dict({**flat, **leaves}, sep='/')
+
+
 def merge(params: Any, spec: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
   """(params with every adapter folded into its kernel and removed, the spec with `lora_rank` 0).
 
