@@ -118,14 +118,16 @@ class Tokenizer:
   def special_ids(self) -> tuple[int, ...]:
     """Ids never selected for masking nor used as random replacements: padding, every special added token
     ([CLS] [SEP] [UNK] [MASK] for BERT), the model's unknown token and [MASK] even if not marked special."""
-    ids = {self.pad_id}
-    ids.update(i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special)
-    unk = json.loads(self.content).get('model', {}).get('unk_token')
-    for token in (unk, MASK_TOKEN):
-      i = self.token_to_id(token) if isinstance(token, str) else None
-      if i is not None:
-        ids.add(i)
-    return tuple(sorted(int(i) for i in ids))
+    if '_special_ids' not in self.__dict__:   # built once (parses the JSON): a private cache like `_load`'s
+      ids = {self.pad_id}
+      ids.update(i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special)
+      unk = json.loads(self.content).get('model', {}).get('unk_token')
+      for token in (unk, MASK_TOKEN):
+        i = self.token_to_id(token) if isinstance(token, str) else None
+        if i is not None:
+          ids.add(i)
+      self.__dict__['_special_ids'] = tuple(sorted(int(i) for i in ids))
+    return self.__dict__['_special_ids']
 
   def encode(self, texts: Sequence[str], *, max_len: int) -> np.ndarray:
     """(len(texts), T) int32 token ids, T = the longest encoding (≤ `max_len`), padded with `pad_id`."""
