@@ -106,47 +106,67 @@ def test_text_batches_without_a_tokenizer_are_a_one_line_error(corpus):
     next(pipeline.eval_batches(source, batch_size=4))
 
 
+def _mask(tokens, key, vocab=50, special=(0, 1, 2, 3, 4)):
+  return jax.jit(lambda t, k: mlm.select_and_corrupt(t, k, mask_rate=0.15, mask_token=0.8, random_token=0.1, mask_id=4,
+                                                     special_ids=special, vocab_size=vocab))(tokens, key)
+
+
 def test_masking_statistics_and_padding_never_selected():
-  vocab, special = 50, (0, 1, 2, 3, 4)
+  vocab = 50
   rng = np.random.default_rng(0)
   tokens = rng.integers(5, vocab, (256, 64)).astype(np.int32)
   lengths = rng.integers(10, 64, 256)
   tokens[np.arange(64)[None, :] >= lengths[:, None]] = 0        # padding
   tokens[:, 0] = 2                                               # [CLS]
-  corrupted, selected = jax.jit(lambda t, k: mlm.select_and_corrupt(
-      t, k, mask_rate=0.15, mask_token=0.8, random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab))(
-          tokens, jax.random.key(1))
-  corrupted, selected = np.asarray(corrupted), np.asarray(selected)
+  tokens[0] = 0                                                  # a row of padding only
+  corrupted, positions, valid = (np.asarray(x) for x in _mask(tokens, jax.random.key(1)))
+  assert positions.shape == valid.shape == (256, 10)             # K = ceil(0.15 · 64)
+  selected = np.zeros(tokens.shape, bool)
+  for i in range(256):
+    selected[i, positions[i][valid[i]]] = True
+    assert len(set(positions[i][valid[i]])) == valid[i].sum()    # distinct positions
   eligible = (tokens != 0) & (tokens != 2)
   assert not selected[~eligible].any()                           # padding and [CLS] are never selected
+  assert not valid[0].any()                                      # nothing to predict in a row of padding
+  # Exactly round(15 % of its real tokens) per row (≥ 1), as BERT's data pipeline does.
+  np.testing.assert_array_equal(selected.sum(1)[1:], np.clip(np.round(0.15 * eligible.sum(1)[1:]), 1, 10))
+  assert abs(selected.sum() / eligible.sum() - 0.15) < 0.01
   assert np.all(corrupted[~selected] == tokens[~selected])       # unselected tokens are untouched
-  rate = selected.sum() / eligible.sum()
-  assert abs(rate - 0.15) < 0.01, rate
   sel_orig, sel_new = tokens[selected], corrupted[selected]
-  to_mask = np.mean(sel_new == 4)
-  same = np.mean(sel_new == sel_orig)
-  assert abs(to_mask - 0.8) < 0.02 and 0.08 < same < 0.13, (to_mask, same)
+  to_mask, same = np.mean(sel_new == 4), np.mean(sel_new == sel_orig)
+  assert abs(to_mask - 0.8) < 0.03 and 0.07 < same < 0.14, (to_mask, same)
   replaced = sel_new[(sel_new != 4) & (sel_new != sel_orig)]
   assert len(replaced) and np.all(replaced >= 5) and np.all(replaced < vocab)   # random tokens are ordinary
-  # A different step key draws a different mask; the same key the same one.
-  again = mlm.select_and_corrupt(jnp.asarray(tokens), jax.random.key(1), mask_rate=0.15, mask_token=0.8,
-                                 random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab)[1]
-  other = mlm.select_and_corrupt(jnp.asarray(tokens), jax.random.key(2), mask_rate=0.15, mask_token=0.8,
-                                 random_token=0.1, mask_id=4, special_ids=special, vocab_size=vocab)[1]
-  assert np.array_equal(np.asarray(again), selected) and not np.array_equal(np.asarray(other), selected)
+  # The same key draws the same mask; another key another one.
+  assert np.array_equal(np.asarray(_mask(tokens, jax.random.key(1))[1]), positions)
+  assert not np.array_equal(np.asarray(_mask(tokens, jax.random.key(2))[1]), positions)
 
 
 def test_unselected_positions_get_exactly_zero_loss_and_gradient():
+  """The loss reaches the encoder's outputs only at the selected positions: its gradient with respect to every
+  other position's output is exactly zero, and the per-position losses of invalid entries are 0."""
+  from jaxtransfer.models import heads
   rng = np.random.default_rng(0)
-  logits = jnp.asarray(rng.normal(size=(3, 7, 11)), jnp.float32)
-  targets = jnp.asarray(rng.integers(0, 11, (3, 7)), jnp.int32)
-  selected = jnp.asarray(rng.random((3, 7)) < 0.3)
-  nll, correct = mlm.masked_losses(logits, targets, selected)
-  assert np.all(np.asarray(nll)[~np.asarray(selected)] == 0) and np.all(np.asarray(correct)[~np.asarray(selected)] == 0)
-  assert np.all(np.asarray(nll)[np.asarray(selected)] > 0)
-  grad = jax.grad(lambda lg: jnp.sum(mlm.masked_losses(lg, targets, selected)[0]))(logits)
-  assert np.all(np.asarray(grad)[~np.asarray(selected)] == 0)
-  assert np.all(np.abs(np.asarray(grad)[np.asarray(selected)]).sum(-1) > 0)
+  tokens = jnp.asarray(rng.integers(5, 50, (3, 20)), jnp.int32)
+  _, positions, valid = _mask(tokens, jax.random.key(0))
+  head = heads.MLMHead(50)
+  seq = jnp.asarray(rng.normal(size=(3, 20, 16)), jnp.float32)
+  hv = head.init(jax.random.key(1), seq)
+
+  def loss(s):
+    logits = head.apply(hv, jnp.take_along_axis(s, positions[..., None], axis=1))
+    nll, _ = mlm.masked_losses(logits, jnp.take_along_axis(tokens, positions, axis=1), valid)
+    return jnp.sum(nll)
+
+  grad = np.asarray(jax.grad(loss)(seq))
+  selected = np.zeros((3, 20), bool)
+  for i in range(3):
+    selected[i, np.asarray(positions)[i][np.asarray(valid)[i]]] = True
+  assert selected.sum() == 9                                     # round(0.15 · 20) = 3 per row
+  assert np.all(grad[~selected] == 0) and np.all(np.abs(grad[selected]).sum(-1) > 0)
+  logits = jnp.zeros((3, positions.shape[1], 50))
+  nll, correct = mlm.masked_losses(logits, jnp.take_along_axis(tokens, positions, axis=1), valid & False)
+  assert float(jnp.sum(nll)) == 0.0 and float(jnp.sum(correct)) == 0.0
 
 
 def test_mlm_pretraining_learns_saves_its_tokenizer_and_resumes_bit_identically(corpus, tmp_path):

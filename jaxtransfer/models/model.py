@@ -35,13 +35,18 @@ class Model(nn.Module):
   def features(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
     return self.backbone(x, train=train, frozen=frozen)
 
-  def per_token(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
-    """(the head on every position of a sequence backbone's output (B, T, …), the real-token mask (B, T)):
-    what a masked-prediction objective reads (`TransformerEncoder.encode`)."""
+  def per_token(self, x: jax.Array, positions: jax.Array | None = None, *, train: bool = False,
+                frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
+    """(the head on the positions of a sequence backbone's output, the real-token mask (B, T)): what a
+    masked-prediction objective reads (`TransformerEncoder.encode`). `positions` (B, K) int: the head runs on
+    those K positions of each row only (B, K, …) — a masked-LM head's vocabulary projection is most of a small
+    encoder's compute, and only the masked positions need it; None: every position (B, T, …)."""
     if not hasattr(self.backbone, 'encode'):
       raise errors.ConfigError(f'{type(self.backbone).__name__} has no per-token outputs: a masked-prediction '
                                'objective needs a transformer backbone')
     seq, mask = self.backbone.encode(x, train=train, frozen=frozen)
+    if positions is not None:
+      seq = jnp.take_along_axis(seq, positions[..., None], axis=1)
     return self.head(seq, train=train), mask
 
 

@@ -54,11 +54,11 @@ class Forward:
   fixed: dict[str, Any]
 
   def apply(self, trainable: PyTree, x: jax.Array, key: jax.Array | None, *,
-            method: Callable[..., Any] | None = None) -> tuple[Any, PyTree]:
-    """Training-mode outputs of `method` (default: the whole model) and the updated BatchNorm statistics
-    (frozen blocks keep theirs); `key` feeds dropout (None: no dropout randomness)."""
+            method: Callable[..., Any] | None = None, **method_kwargs: Any) -> tuple[Any, PyTree]:
+    """Training-mode outputs of `method` (default: the whole model; `method_kwargs` go to it) and the updated
+    BatchNorm statistics (frozen blocks keep theirs); `key` feeds dropout (None: no dropout randomness)."""
     variables = model_lib.variables(model_lib.merge_frozen(trainable, self.fixed), self.batch_stats)
-    kwargs = {'rngs': {'dropout': key}} if key is not None else {}
+    kwargs = {'rngs': {'dropout': key}, **method_kwargs} if key is not None else dict(method_kwargs)
     if method is not None:
       kwargs['method'] = method
     outputs, mutated = self.model.apply(variables, x, train=True, frozen=self.frozen, mutable=['batch_stats'],

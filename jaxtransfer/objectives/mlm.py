@@ -1,19 +1,23 @@
 """Masked-language-model pretraining (BERT): predict hidden tokens from the rest of the sentence.
 
 Masking is drawn inside the jitted train step from the step key (`select_and_corrupt`), so a resumed run
-is bit-identical: each non-padding, non-special token is selected with probability `mlm.mask_rate`
-(15 %); a selected token becomes [MASK] with probability `mlm.mask_token` (80 %), a random ordinary token
-with `mlm.random_token` (10 %), and stays itself otherwise. Loss and accuracy are over the selected
-positions only — an unselected position has exactly zero loss and gradient. The head (`MLMHead`: dense +
-GELU + LayerNorm + output projection, untied from the token embedding; see models/heads.py) runs on every
-position of `TransformerEncoder.encode`; transfer drops it like any head.
+is bit-identical. As in BERT's own data pipeline, each sequence gets exactly round(`mlm.mask_rate` × its
+real tokens) selected positions (15 %; at least one, at most K = ceil(rate × T)), drawn uniformly among its
+real, non-special tokens; a selected token becomes [MASK] with probability `mlm.mask_token` (80 %), a
+random ordinary token with `mlm.random_token` (10 %), and stays itself otherwise. Loss and accuracy are
+over the selected positions only: the head runs on the K gathered positions of each row
+(`Model.per_token(positions=…)`) — the vocabulary projection is most of a small encoder's step, and
+computing it at every position only to zero 85 % of it would cost T/K ≈ 6.7× that part — so an unselected
+position contributes exactly zero loss and gradient. The head (`MLMHead`: dense + GELU + LayerNorm + output
+projection, untied from the token embedding; see models/heads.py) is dropped at transfer like any head.
 
-Evaluation masks the same way with a key derived from the batch's own tokens (not the step), so a split
+Evaluation masks the same way with a key derived from each row's own tokens (not the step), so a split
 scores the same at every evaluation and in `jaxtransfer evaluate`: metrics `masked_accuracy`, `loss` (mean
 cross-entropy per masked token) and `perplexity` = exp(loss), summed over the whole split.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -27,33 +31,47 @@ from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import base
 
 
+def num_predictions(length: int, mask_rate: float) -> int:
+  """K: how many positions of a T-token row the head runs on (the most a row can have selected)."""
+  return max(1, math.ceil(mask_rate * length))
+
+
 def select_and_corrupt(tokens: jax.Array, key: jax.Array, *, mask_rate: float, mask_token: float,
                        random_token: float, mask_id: int, special_ids: tuple[int, ...],
-                       vocab_size: int) -> tuple[jax.Array, jax.Array]:
-  """(corrupted tokens, selected positions (B, T) bool) — BERT's masking of `tokens` (module docstring).
+                       vocab_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(corrupted tokens (B, T), positions (B, K) int32, valid (B, K) bool): BERT's masking (module docstring).
 
-  Never selects a special token (padding, [CLS], [SEP], [MASK], unknown); random replacements are ordinary
-  tokens, uniform over the vocabulary without the special ones.
+  Row i has n_i = min(K, max(1, round(rate × real_i))) selected positions (0 for a row of padding), uniform
+  among its real, non-special tokens: `positions[i, :n_i]` with `valid[i, :n_i]` True; the other K − n_i
+  entries point at unselected positions and are not valid. Random replacements are ordinary tokens,
+  uniform over the vocabulary without the special ones.
   """
+  b, t = tokens.shape
+  k = num_predictions(t, mask_rate)
   k_select, k_how, k_random = jax.random.split(key, 3)
-  special = jnp.isin(tokens, jnp.asarray(special_ids, jnp.int32))
-  selected = (jax.random.uniform(k_select, tokens.shape) < mask_rate) & ~special
+  eligible = ~jnp.isin(tokens, jnp.asarray(special_ids, jnp.int32))
+  real = jnp.sum(eligible, axis=1)
+  n = jnp.where(real > 0, jnp.clip(jnp.round(mask_rate * real), 1, k), 0).astype(jnp.int32)
+  scores = jnp.where(eligible, jax.random.uniform(k_select, tokens.shape), -1.0)
+  _, positions = jax.lax.top_k(scores, k)                      # a uniform random order of the eligible ones
+  valid = jnp.arange(k)[None, :] < n[:, None]
+  selected = jnp.zeros((b, t), bool).at[jnp.arange(b)[:, None], positions].set(valid)
   how = jax.random.uniform(k_how, tokens.shape)
   ordinary = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids)).astype(np.int32)
   random_ids = jnp.asarray(ordinary)[jax.random.randint(k_random, tokens.shape, 0, len(ordinary))]
   corrupted = jnp.where(how < mask_token, mask_id, jnp.where(how < mask_token + random_token, random_ids, tokens))
-  return jnp.where(selected, corrupted, tokens).astype(tokens.dtype), selected
+  return jnp.where(selected, corrupted, tokens).astype(tokens.dtype), positions.astype(jnp.int32), valid
 
 
-def masked_losses(logits: jax.Array, targets: jax.Array, selected: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(per-position cross-entropy, per-position correct), both exactly 0 where not `selected`."""
+def masked_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(cross-entropy, correct) per gathered position (B, K), both exactly 0 where not `valid`."""
   nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return jnp.where(selected, nll, 0.0), jnp.where(selected, correct, 0.0)
+  return jnp.where(valid, nll, 0.0), jnp.where(valid, correct, 0.0)
 
 
 def _content_key(tokens: jax.Array) -> jax.Array:
-  """A key that depends only on the tokens of each row (evaluation masking, reproducible)."""
+  """A key per row that depends only on that row's tokens (evaluation masking, reproducible)."""
   weights = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
   row_hash = jnp.sum(tokens.astype(jnp.uint32) * weights, axis=1)
   return jax.vmap(lambda h: jax.random.fold_in(jax.random.key(0x6D6C6D), h))(row_hash)
@@ -101,31 +119,32 @@ class MaskedLM(base.Objective):
     self._check_bound()
     k_mask, k_dropout = jax.random.split(key)
     tokens = batch['tokens']
-    corrupted, selected = self._corrupt(tokens, k_mask)
-    count = jnp.maximum(jnp.sum(selected), 1).astype(jnp.float32)
+    corrupted, positions, valid = self._corrupt(tokens, k_mask)
+    targets = jnp.take_along_axis(tokens, positions, axis=1)
+    count = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 
     def loss_fn(p):
-      (logits, _), new_stats = fwd.apply(p, corrupted, k_dropout, method=model_lib.Model.per_token)
-      nll, correct = masked_losses(logits, tokens, selected)
+      (logits, _), new_stats = fwd.apply(p, corrupted, k_dropout, method=model_lib.Model.per_token,
+                                         positions=positions)
+      nll, correct = masked_losses(logits, targets, valid)
       return jnp.sum(nll) / count, (jnp.sum(correct) / count, new_stats)
 
     (loss, (accuracy, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     return grads, new_stats, state, {'loss': loss, 'masked_accuracy': accuracy,
-                                     'masked_tokens': jnp.sum(selected).astype(jnp.float32)}
+                                     'masked_tokens': jnp.sum(valid).astype(jnp.float32)}
 
   def predict(self, model, variables, batch):
     self._check_bound()
     tokens = batch['tokens']
-    keys = _content_key(tokens)
-    corrupted, selected = jax.vmap(lambda t, k: self._corrupt(t[None], k))(tokens, keys)
-    corrupted, selected = corrupted[:, 0], selected[:, 0]
-    logits, _ = model.apply(variables, corrupted, train=False, method=model_lib.Model.per_token)
-    return logits, selected
+    corrupt_row = lambda row, key: jax.tree_util.tree_map(lambda x: x[0], self._corrupt(row[None], key))
+    corrupted, positions, valid = jax.vmap(corrupt_row)(tokens, _content_key(tokens))
+    logits, _ = model.apply(variables, corrupted, positions, train=False, method=model_lib.Model.per_token)
+    return logits, positions, valid
 
   def per_example(self, outputs, batch):
-    logits, selected = outputs
-    nll, correct = masked_losses(logits, batch['tokens'], selected)
-    return {'nll': jnp.sum(nll, 1), 'correct': jnp.sum(correct, 1), 'masked': jnp.sum(selected, 1).astype(jnp.float32)}
+    logits, positions, valid = outputs
+    nll, correct = masked_losses(logits, jnp.take_along_axis(batch['tokens'], positions, axis=1), valid)
+    return {'nll': jnp.sum(nll, 1), 'correct': jnp.sum(correct, 1), 'masked': jnp.sum(valid, 1).astype(jnp.float32)}
 
   def loss(self, outputs, batch):   # not used: `grads` is overridden (masking needs the step key)
     raise NotImplementedError
