@@ -69,7 +69,9 @@ def init_variables(model: model_lib.Model, key: jax.Array, shape: Sequence[int],
   backbone's leaves are zeros and only the rest is initialised; the program returns only the rest, so XLA
   drops the backbone's random initialisers and forward pass as dead code (compiling a full EfficientNet-Lite0
   init took ~12 s of a 20 s head-only fine-tune). The head's values are those of the full init: a submodule's
-  random stream depends on its path, not on its siblings.
+  random stream depends on its path, not on its siblings. The backbone's LoRA adapters are initialised as in
+  the full init too: a plain checkpoint does not hold them (`transfer.init_from` keeps them), and an adapter
+  with A = B = 0 would never train.
   """
   abstract = model_lib.abstract(model, shape)
   shardings = sharding.variable_shardings(mesh_config, abstract, mesh)
@@ -78,10 +80,12 @@ def init_variables(model: model_lib.Model, key: jax.Array, shape: Sequence[int],
   split = lambda tree: ({c: {k: v for k, v in t.items() if k != 'backbone'} for c, t in tree.items()},
                         {c: t['backbone'] for c, t in tree.items() if 'backbone' in t})
   rest_sh, backbone_sh = split(shardings)
-  rest = jax.jit(lambda k: split(model_lib.init(model, k, shape))[0], out_shardings=rest_sh)(key)
+  rest, fresh = jax.jit(lambda k: (lambda v: (split(v)[0], lora.adapters(v)))(model_lib.init(model, k, shape)),
+                        out_shardings=(rest_sh, lora.adapters(shardings)))(key)
   zeros = jax.jit(lambda: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), split(abstract)[1]),
                   out_shardings=backbone_sh)()
-  return {c: {**rest.get(c, {}), **({'backbone': zeros[c]} if c in zeros else {})} for c in abstract}, shardings
+  variables = {c: {**rest.get(c, {}), **({'backbone': zeros[c]} if c in zeros else {})} for c in abstract}
+  return lora.replace(variables, fresh), shardings
 
 
 def abstract_variables(model: model_lib.Model, shape: Sequence[int], mesh_config: Mapping[str, Any],

@@ -103,7 +103,7 @@ def test_help_lists_the_verbs_and_exits_0(args, data_dir):
   code, out, err = run_cli(*args, data_dir=data_dir)
   assert code == 0, err
   verbs = [l.split()[0] for l in out.splitlines() if l.startswith('  ')]
-  assert verbs == ['pretrain', 'finetune', 'evaluate', 'demo', 'import-weights', 'advise'], out
+  assert verbs == ['pretrain', 'finetune', 'evaluate', 'demo', 'import-weights', 'advise', 'export'], out
   assert 'Unknown command line flag' not in out + err
 
 

@@ -223,10 +223,6 @@ def test_training_moves_only_adapters_and_the_head(lora_run):
   assert moment_bytes == 2 * trainable_bytes                                    # mu and nu
 
 
-# Until steps.init_variables initialises the adapters of a backbone that init_from overwrites (diff in the LoRA
-# report), they start at zero and transfer.init_from refuses them: remove this marker with that change.
-@pytest.mark.xfail(strict=True, raises=transfer.TransferError,
-                   reason='steps.init_variables zeros the LoRA adapters before init_from')
 def test_lora_finetune_from_a_plain_checkpoint(plain_run, data_dir, tmp_path):
   """The recipe itself: init_from a plain encoder, trainable='lora:R' alone puts the adapters into the spec."""
   workdir, plain = plain_run
