@@ -113,7 +113,8 @@ def tune(cells: Sequence[tuple[str, Callable[[int], Any]]], workdir: str, key: s
   seeds = range(tune_lr.FIRST_SEED, tune_lr.FIRST_SEED + F.tune_seeds)
   tuned = tune_lr.tune(config, list(make), [0], F.lrs, seeds, os.path.join(workdir, 'tune'), workers=F.workers,
                        validation=validation, key=key, run_fn=lambda name: fn, title='Learning-rate choice on scenes train[4000:]',
-                       caption=f'Validation {key} (%), trained on scenes train[:{VAL_TRAIN}] (or its first N)')
+                       caption=f'Validation {key} (%), trained on scenes train[:{VAL_TRAIN}] (or its first N)',
+                       col_label=lambda k: 'validation')
   return {name: tuned['best_lr'][name][0] for name in make}
 
 

@@ -55,7 +55,8 @@ def tune(make_config: MakeConfig, strategies: Sequence[str], per_class: Sequence
          run_fn: Callable[[str], sweep.RunFn] = lambda strategy: sweep.train_run,
          validation: Callable[[ml_collections.ConfigDict], None] = digits_validation, key: str = 'accuracy',
          title: str = f'Learning-rate choice on a validation split (real_digits {VAL_EVAL})',
-         caption: str = f'Validation accuracy (%), subsets of real_digits {VAL_TRAIN}') -> dict[str, Any]:
+         caption: str = f'Validation accuracy (%), subsets of real_digits {VAL_TRAIN}',
+         col_label: Callable[[Any], str] = lambda k: f'{k}/class') -> dict[str, Any]:
   """Validation accuracy of every (strategy, lr, labels per class, seed) and the chosen lr per strategy and
   budget. `make_config(strategy, k, seed, lr)` builds the run and `validation(config)` moves it onto the
   validation splits (default: the digit studies'); `key` is the metric chosen on; `run_fn(strategy)` runs
@@ -80,17 +81,18 @@ def tune(make_config: MakeConfig, strategies: Sequence[str], per_class: Sequence
   vals = sweep.values(sweep.run(runs, workers, on_result=done), key)
   by_strategy = {s: {lr: vals[f'{s} lr={lr}'] for lr in lrs} for s in strategies}
   best = {s: {k: choose(by_lr, _col(k)) for k in per_class} for s, by_lr in by_strategy.items()}
-  write(workdir, by_strategy, best, seeds, title=title, caption=caption, key=key)
+  write(workdir, by_strategy, best, seeds, title=title, caption=caption, key=key, col_label=col_label)
   return {'val_accuracy': by_strategy, 'best_lr': {s: {k: float(lr) for k, lr in b.items()} for s, b in best.items()},
           'seeds': list(seeds)}
 
 
 def write(workdir: str, by_strategy: dict[str, dict[str, dict[Any, list[float]]]], best: dict[str, dict[int, str]],
-          seeds: Sequence[int], *, title: str, caption: str, key: str = 'accuracy') -> str:
+          seeds: Sequence[int], *, title: str, caption: str, key: str = 'accuracy',
+          col_label: Callable[[Any], str] = lambda k: f'{k}/class') -> str:
   """The sweep writer's table of the validation metric per (strategy, lr) × budget, and the chosen lrs."""
   summary = sweep.summarize({f'{s} lr={lr}': by_k for s, by_lr in by_strategy.items() for lr, by_k in by_lr.items()})
   ks = list(next(iter(best.values())))
-  chosen = ['| strategy | ' + ' | '.join(f'{_col(k)}/class' for k in ks) + ' |', '|---|' + '---|' * len(ks)]
+  chosen = ['| strategy | ' + ' | '.join(col_label(_col(k)) for k in ks) + ' |', '|---|' + '---|' * len(ks)]
   chosen += [f'| {s} | ' + ' | '.join(b[k] for k in ks) + ' |' for s, b in best.items()]
   results = {key: summary, 'best_lr': {s: {str(k): lr for k, lr in b.items()} for s, b in best.items()},
              'val_accuracy': {s: {lr: {str(k): v for k, v in by_k.items()} for lr, by_k in by_lr.items()}
@@ -99,7 +101,7 @@ def write(workdir: str, by_strategy: dict[str, dict[str, dict[Any, list[float]]]
   table = sweep.write_results(
       workdir, results, metric=key, title=title,
       caption=f'{caption}, mean ± std over {{n}} tuning seed(s) ({", ".join(map(str, seeds))}).',
-      row_header='strategy, lr', col_label=lambda k: f'{k}/class', xlabel='labelled examples per class',
+      row_header='strategy, lr', col_label=col_label, xlabel='labelled examples per class',
       ylabel=f'validation {key} (%)', plot_title='learning-rate tuning',
       notes='## Chosen learning rate (best mean, the smaller on a tie within '
             f'{100 * TIE:.1f} points)\n\n' + '\n'.join(chosen))

@@ -1,0 +1,299 @@
+"""Text transfer the BERT way (issue #16): sentence classifiers from 100–1600 labels, against TF-IDF.
+
+    python -m experiments.text_transfer [--workdir=runs/text_transfer] [--manual_dir=../shared/data]
+        [--mlm=runs/mlm_wikitext] [--minilm=runs/minilm] [--seeds=3] [--steps=300] [--budgets=100,300,1000,0]
+        [--strategies=…] [--stage=pretrain|tune|grid|shift|report|all] [--workers=1] [--quick]
+
+Data: `sentiment_sentences/both` (1600 training / 400 test review sentences, ../shared/data read in place).
+A budget of N labels = N/2 per class, drawn per seed (`input.per_class`, `input.subset_seed` = seed); 0 =
+all 1600. Strategies (rows):
+  tf-idf + logreg  word 1–2-gram TF-IDF + logistic regression, C and min_df by 5-fold CV on the training
+                   labels only (jaxtransfer/text/baseline.py): the hand-feature baseline;
+  scratch          the MLM encoder's architecture and tokenizer, random init, everything trains;
+  mlm head / mlm full        the encoder after our masked-LM pretraining on WikiText-2 (--mlm; trained first
+                   with experiments/configs/pretrain_mlm_wikitext.py when missing): head only, or everything;
+  minilm head / full / lora:8 / llrd   the imported all-MiniLM-L6-v2 (--minilm; `jaxtransfer import-weights
+                   --variant=minilm-l6`): head on cached features, full fine-tuning, LoRA rank 8, layer-wise
+                   lr decay 0.8;
+  minilm dapt full MiniLM after a short continued MLM on the training sentences themselves (domain-adaptive
+                   pretraining; test sentences never enter it), then full fine-tuning.
+Every strategy's lr is tuned per budget on a validation split that never touches the test set (subsets of
+`train[:1200]`, accuracy on `train[1200:]`; tuning seeds 100, 101, disjoint from the reporting seeds),
+through experiments/tune_lr.py and the sweep runner; TF-IDF tunes itself by cross-validation.
+Domain shift (`shift`): train on all of one domain's training sentences, test on the other's test split
+(amazon → yelp, yelp → amazon) for TF-IDF, MiniLM head and full, and the MLM encoder full.
+Writes results.json ({'accuracy': {strategy: {labels: {mean, std, n}}}}, the demo's schema, std ddof=1),
+results.md and results.png (accuracy vs labels). --quick: a 20-step MLM pretraining on 3000 sentences,
+10-step runs, budgets 100 and 300, one lr per strategy, 2 seeds (MiniLM rows only if its checkpoint
+exists): an end-to-end check in a few minutes.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+DATA = 'sentiment_sentences/both'
+BUDGETS = (100, 300, 1000, 0)           # labelled training sentences; 0 = all (reported as 1600)
+ALL = 1600
+VAL_TRAIN, VAL_EVAL = 'train[:1200]', 'train[1200:]'
+TUNE_SEEDS = (100, 101)
+TFIDF = 'tf-idf + logreg'
+# strategy → (source, trainable, extra config, learning rates tuned over)
+STRATEGIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
+    'scratch': ('scratch', 'all', {}, ('3e-4', '1e-3', '3e-3')),
+    'mlm head': ('mlm', 'head', {}, ('3e-3', '1e-2', '3e-2')),
+    'mlm full': ('mlm', 'all', {}, ('1e-4', '3e-4', '1e-3')),
+    'minilm head': ('minilm', 'head', {}, ('3e-3', '1e-2', '3e-2')),
+    'minilm full': ('minilm', 'all', {}, ('2e-5', '5e-5', '1e-4')),
+    'minilm lora:8': ('minilm', 'lora:8', {}, ('3e-4', '1e-3', '3e-3')),
+    'minilm llrd': ('minilm', 'all', {'optim.llrd': 0.8}, ('5e-5', '1e-4', '2e-4')),
+    'minilm dapt full': ('dapt', 'all', {}, ('2e-5', '5e-5', '1e-4')),
+}
+GRID = (TFIDF, *STRATEGIES)
+SHIFT = (TFIDF, 'minilm head', 'minilm full', 'mlm full')
+DOMAINS = ('amazon', 'yelp')
+log = logging.getLogger('jaxtransfer')
+
+
+def _col(n: int) -> int:
+  return n or ALL
+
+
+def make_config(strategy: str, n: int, seed: int, lr: float, *, a: argparse.Namespace) -> Any:
+  """One fine-tune of `strategy` on `n` labels (0 = all) at `lr`, seed `seed`."""
+  from experiments.configs import finetune_text, pretrain_mlm_wikitext
+  from jaxtransfer import finetune
+  source, trainable, extra, _ = STRATEGIES[strategy]
+  c = finetune_text.get_config()
+  c.input.manual_dir, c.input.data_dir = a.manual_dir, a.data_dir
+  c.seed, c.input.subset_seed, c.input.per_class = seed, seed, n // 2
+  c.trainable, c.optim.lr = trainable, lr
+  c.train.steps, c.train.checkpoint_every, c.train.log_every = a.steps, a.steps, max(a.steps // 3, 1)
+  c.optim.warmup_steps = min(c.optim.warmup_steps, a.steps // 10)
+  if source == 'scratch':
+    c.transfer.init_from = ''
+    c.model.backbone = dict(pretrain_mlm_wikitext.BACKBONE)
+    c.text.tokenizer = f'from:{a.mlm}'
+  else:
+    c.transfer.init_from = {'mlm': a.mlm, 'minilm': a.minilm, 'dapt': os.path.join(a.workdir, 'dapt')}[source]
+  for key, value in extra.items():
+    finetune.set_dotted(c, key, value)
+  return c
+
+
+def tfidf_run(config: Any, workdir: str) -> dict[str, float]:
+  """A sweep run function: the TF-IDF baseline on the config's training subset and evaluation split."""
+  del workdir
+  import numpy as np
+
+  from jaxtransfer.data import catalog, fewshot
+  from jaxtransfer.text import baseline, inputs
+  kw = {'data_dir': config.input.data_dir or None, 'manual_dir': config.input.manual_dir or None}
+  train = catalog.load(config.data, config.input.train_split, **kw)
+  labels = catalog.labels(config.data, config.input.train_split, **kw)
+  ids = (fewshot.k_per_class_indices(labels, config.input.per_class, config.input.subset_seed)
+         if config.input.per_class else np.arange(len(labels)))
+  texts = inputs.source_texts(train)
+  test_data = config.input.eval_data or config.data
+  test = catalog.load(test_data, config.input.eval_split, **kw)
+  out = baseline.tfidf_logistic_regression([texts[i] for i in ids], labels[ids], inputs.source_texts(test),
+                                           catalog.labels(test_data, config.input.eval_split, **kw),
+                                           seed=config.seed)
+  return {'accuracy': out['accuracy'], 'C': out['C']}
+
+
+def tfidf_config(n: int, seed: int, a: argparse.Namespace) -> Any:
+  from jaxtransfer import config as config_lib
+  c = config_lib.base()
+  c.data, c.input.manual_dir, c.input.data_dir = DATA, a.manual_dir, a.data_dir
+  c.seed, c.input.subset_seed, c.input.per_class = seed, seed, n // 2
+  c.objective = 'classification'
+  c.model.backbone = {'name': 'tfidf'}    # recorded in final.json; never built
+  return c
+
+
+def ensure_pretrained(a: argparse.Namespace) -> None:
+  """The MLM checkpoint (--mlm; trained here if missing) and the DAPT checkpoint (MiniLM + continued MLM)."""
+  from experiments.configs import pretrain_mlm_wikitext
+  from jaxtransfer import checkpoint, train
+  has = lambda path: os.path.isdir(os.path.join(path, 'checkpoints')) and \
+      checkpoint.manager(os.path.join(path, 'checkpoints')).latest_step() is not None
+  if not has(a.mlm):
+    c = pretrain_mlm_wikitext.get_config('quick' if a.quick else '')
+    c.input.manual_dir, c.input.data_dir = a.manual_dir, a.data_dir
+    log.info('no MLM checkpoint in %s: pretraining (%d steps)', a.mlm, c.train.steps)
+    train.train(c, a.mlm)
+  dapt = os.path.join(a.workdir, 'dapt')
+  if has(a.minilm) and not has(dapt) and any(STRATEGIES[s][0] == 'dapt' for s in a.strategies if s in STRATEGIES):
+    c = dapt_config(a)
+    log.info('domain-adaptive MLM of MiniLM on the training sentences (%d steps)', c.train.steps)
+    train.train(c, dapt)
+
+
+def dapt_config(a: argparse.Namespace) -> Any:
+  """MiniLM, continued masked-LM on the TRAINING sentences of sentiment_sentences/both (never the test split)."""
+  from jaxtransfer import config as config_lib
+  c = config_lib.base()
+  c.data, c.objective = DATA, 'mlm'
+  c.input.manual_dir, c.input.data_dir = a.manual_dir, a.data_dir
+  c.input.train_split, c.input.eval_split = 'train', VAL_EVAL
+  c.model.backbone, c.transfer.init_from, c.trainable = None, a.minilm, 'all'
+  c.text.max_len, c.text.buckets = 64, (32, 64)
+  c.optim.lr, c.optim.warmup_steps = 5e-5, 20
+  c.train.steps = 10 if a.quick else a.dapt_steps
+  c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 32, c.train.steps, 50
+  return c
+
+
+def available(a: argparse.Namespace) -> list[str]:
+  """The strategies whose source exists (MiniLM needs its imported checkpoint)."""
+  out = []
+  for s in a.strategies:
+    if s != TFIDF and STRATEGIES[s][0] in ('minilm', 'dapt') and not os.path.isdir(a.minilm):
+      log.warning('%s skipped: no MiniLM checkpoint in %s (jaxtransfer import-weights --variant=minilm-l6)', s,
+                  a.minilm)
+      continue
+    out.append(s)
+  return out
+
+
+def stage_tune(a: argparse.Namespace, strategies: list[str]) -> dict[str, dict[int, float]]:
+  """{strategy: {budget: lr}}: each strategy over its own lr grid on the validation split (cached runs)."""
+  from experiments import tune_lr
+
+  def validation(c):
+    c.input.train_split, c.input.eval_split, c.input.eval_data = VAL_TRAIN, VAL_EVAL, ''
+
+  best = {}
+  for s in strategies:
+    if s == TFIDF:
+      continue
+    lrs = STRATEGIES[s][3][1:2] if a.quick else STRATEGIES[s][3]
+    make = lambda strategy, n, seed, lr: make_config(strategy, n, seed, lr, a=a)
+    out = tune_lr.tune(make, [s], list(a.budgets), lrs, a.tune_seeds, os.path.join(a.workdir, 'tune', s),
+                       workers=a.workers, validation=validation, title=f'Learning rate of {s} ({VAL_EVAL})',
+                       caption=f'Validation accuracy (%), subsets of {DATA} {VAL_TRAIN}',
+                       col_label=lambda n: f'{n} labels')
+    best[s] = out['best_lr'][s]
+  return best
+
+
+def grid_runs(a: argparse.Namespace, strategies: list[str], lrs: dict[str, dict[int, float]]) -> list[Any]:
+  from jaxtransfer import sweep
+  runs = []
+  for s in strategies:
+    for n in a.budgets:
+      for seed in range(a.seeds):
+        if s == TFIDF:
+          c, fn = tfidf_config(n, seed, a), tfidf_run
+        else:
+          c, fn = make_config(s, n, seed, lrs[s][n], a=a), sweep.train_run
+        runs.append(sweep.Run(s, _col(n), seed, c, os.path.join(a.workdir, 'grid', s.replace(' ', '_'), str(_col(n)),
+                                                                 f'seed_{seed}'), fn=fn))
+  return runs
+
+
+def shift_runs(a: argparse.Namespace, strategies: list[str], lrs: dict[str, dict[int, float]]) -> list[Any]:
+  """Train on all of one domain, test on the other's test split (each at its all-labels lr)."""
+  from jaxtransfer import sweep
+  runs = []
+  for s in [s for s in SHIFT if s in strategies]:
+    for src, dst in (DOMAINS, DOMAINS[::-1]):
+      for seed in range(a.seeds):
+        c = tfidf_config(0, seed, a) if s == TFIDF else make_config(s, 0, seed, lrs[s][a.budgets[-1]], a=a)
+        c.data, c.input.eval_data = f'sentiment_sentences/{src}', f'sentiment_sentences/{dst}'
+        runs.append(sweep.Run(s, f'{src} → {dst}', seed, c,
+                              os.path.join(a.workdir, 'shift', s.replace(' ', '_'), f'{src}_to_{dst}', f'seed_{seed}'),
+                              fn=tfidf_run if s == TFIDF else sweep.train_run))
+  return runs
+
+
+def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[str, dict[int, float]]) -> str:
+  from jaxtransfer import sweep
+  acc = sweep.summarize(sweep.values(grid, 'accuracy'))
+  results: dict[str, Any] = {'accuracy': acc, 'best_lr': {s: {str(_col(n)): lr for n, lr in b.items()} for s, b in lrs.items()},
+                             'steps': a.steps, 'seeds': a.seeds, 'tune_seeds': list(a.tune_seeds)}
+  notes = [f'Budget: {a.steps} Adam steps of 32 per fine-tune (head-only cells train on cached features). "{ALL}" = '
+           'all training sentences. Learning rates tuned per budget on the validation split (results.json '
+           "'best_lr'); TF-IDF's C and min_df by 5-fold CV on the training labels."]
+  if shift:
+    sh = sweep.summarize(sweep.values(shift, 'accuracy'))
+    results['domain_shift'] = sh
+    notes.append('## Domain shift: train on all of one domain, test on the other\n\n'
+                 + sweep.table(sh, row_header='strategy', col_label=str))
+  table = sweep.write_results(
+      a.workdir, results, title='Text transfer: sentence sentiment from 100–1600 labels',
+      caption=f'Test accuracy (%) on the 400 test sentences of {DATA}, mean ± std (ddof=1) over {{n}} seed(s).',
+      col_label=lambda n: f'{n}', xlabel='labelled training sentences', ylabel='test accuracy (%)',
+      plot_title='text transfer vs labels', xscale='log', notes='\n\n'.join(notes))
+  print(table, flush=True)
+  return table
+
+
+def parse(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--workdir', default='runs/text_transfer')
+  p.add_argument('--manual_dir', default='../shared/data')
+  p.add_argument('--data_dir', default='')
+  p.add_argument('--mlm', default='runs/mlm_wikitext', help='MLM pretraining workdir (trained first if missing)')
+  p.add_argument('--minilm', default='runs/minilm', help='imported MiniLM (jaxtransfer import-weights)')
+  p.add_argument('--seeds', type=int, default=3)
+  p.add_argument('--tune_seeds', default=','.join(map(str, TUNE_SEEDS)))
+  p.add_argument('--steps', type=int, default=300)
+  p.add_argument('--dapt_steps', type=int, default=600)
+  p.add_argument('--budgets', default=','.join(map(str, BUDGETS)))
+  p.add_argument('--strategies', default=','.join(GRID))
+  p.add_argument('--workers', type=int, default=1)
+  p.add_argument('--stage', default='all', choices=('pretrain', 'tune', 'grid', 'shift', 'report', 'all'))
+  p.add_argument('--quick', action='store_true')
+  a = p.parse_args(argv)
+  if a.quick:
+    a.steps, a.seeds, a.tune_seeds, a.budgets = 10, 2, '100', '100,300'
+    a.workdir = a.workdir if a.workdir != 'runs/text_transfer' else 'runs/text_transfer_quick'
+    a.mlm = a.mlm if a.mlm != 'runs/mlm_wikitext' else os.path.join(a.workdir, 'mlm_quick')
+  a.tune_seeds = tuple(int(s) for s in a.tune_seeds.split(','))
+  a.budgets = tuple(int(n) for n in a.budgets.split(','))
+  a.strategies = tuple(s.strip() for s in a.strategies.split(','))
+  unknown = [s for s in a.strategies if s not in GRID]
+  if unknown:
+    p.error(f'--strategies: unknown {unknown}; known: {", ".join(GRID)}')
+  if set(a.tune_seeds) & set(range(a.seeds)):
+    p.error(f'--tune_seeds {a.tune_seeds} overlap the reporting seeds 0…{a.seeds - 1}')
+  if any(n % 2 or n > ALL for n in a.budgets):
+    p.error(f'--budgets: even numbers of labels up to {ALL} (0 = all), got {a.budgets}')
+  return a
+
+
+def main(argv=None) -> int:
+  a = parse(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('absl', 'orbax', 'jax._src'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from jaxtransfer import runtime, sweep
+  runtime.configure()
+  os.makedirs(a.workdir, exist_ok=True)
+  t0 = time.time()
+  ensure_pretrained(a)
+  if a.stage == 'pretrain':
+    return 0
+  strategies = available(a)
+  lrs = stage_tune(a, strategies)
+  if a.stage == 'tune':
+    return 0
+  grid, shift = grid_runs(a, strategies, lrs), shift_runs(a, strategies, lrs)
+  done = lambda i, n, r: log.info('[%d/%d] %s %s seed %d: %.4f', i + 1, n, r.row, r.col, r.seed, r.metrics['accuracy'])
+  if a.stage in ('grid', 'all'):
+    sweep.run(grid, a.workers, on_result=done)
+  if a.stage in ('shift', 'all') and not a.quick:
+    sweep.run(shift, a.workers, on_result=done)
+  finished = lambda runs: [r for r in map(sweep.cached, runs) if r is not None]
+  report(a, finished(grid), finished(shift), lrs)
+  log.info('text_transfer: done in %.0f s', time.time() - t0)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
