@@ -238,26 +238,87 @@ def test_import_minilm_writes_a_checkpoint_with_its_tokenizer(tmp_path, minilm):
   np.testing.assert_allclose(features, embed(*minilm, SENTENCES), rtol=1e-5, atol=1e-6)   # bit-for-bit weights
 
 
-@needs_minilm
-def test_minilm_matches_transformers_reference(minilm):
-  """The `convert` extra's reference: Hugging Face `transformers` BertModel + PyTorch on the same files."""
-  torch = pytest.importorskip('torch', reason='the convert extra (torch) is not installed')
-  transformers = pytest.importorskip('transformers', reason='the convert extra (transformers) is not installed')
-  import tempfile
+# The `convert` extra's reference: Hugging Face `transformers` (BertModel + its tokenizer) on PyTorch, loaded
+# offline from the very files the converter reads. Five sentences: casing, punctuation and accents; an
+# out-of-vocabulary word (WordPieces) and a character outside the vocabulary ([UNK]); one long sentence; one
+# word. Different lengths, so the batch holds padding on both sides. Tolerances (float32, 6 layers): 1e-4 on
+# hidden states (|values| up to ~6; measured max difference 3.4e-6), 1e-5 on the unit-norm sentence
+# embeddings (measured 2.4e-7) — CPUs and libraries differ in summation order, not in the model.
+REFERENCE_SENTENCES = [
+    'A man is playing a guitar.',
+    "Hello, WORLD! Isn't the CAFÉ's crème brûlée GREAT?",
+    'The zorblaxian quuxifier defenestrated 17 flibbertigibbets \U0001f999.',
+    'Transfer learning takes the layers of a network pretrained on plenty of data, removes its output layer, '
+    'adds a new one for the task at hand and fine-tunes everything on a few thousand labelled examples; the '
+    'pretrained layers keep training stable when labels are scarce.',
+    'ok',
+]
+MAX_LEN = 256          # sentence-transformers' max_seq_length for this model (sentence_bert_config.json)
+ATOL_TOKENS, ATOL_SENTENCE = 1e-4, 1e-5
+
+
+@pytest.fixture(scope='module')
+def reference(minilm, tmp_path_factory):
+  """transformers' tokenizer and BertModel from the weights package's zip, and their outputs on
+  REFERENCE_SENTENCES: ids, attention mask, last hidden state, sentence-transformers' normalised mean."""
+  torch = pytest.importorskip('torch', reason="the convert extra (torch) is not installed: pip install -c "
+                                              "constraints.txt -e '.[convert]'")
+  transformers = pytest.importorskip('transformers', reason="the convert extra (transformers) is not installed: "
+                                                            "pip install -c constraints.txt -e '.[convert]'")
   import zipfile
 
+  d = str(tmp_path_factory.mktemp('minilm_zip'))
+  with zipfile.ZipFile(convert_text.minilm_zip_path()) as zf:
+    zf.extractall(d)
+  tok = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
+  model = transformers.AutoModel.from_pretrained(d, local_files_only=True, dtype=torch.float32).eval()
+  batch = tok(REFERENCE_SENTENCES, padding=True, truncation=True, max_length=MAX_LEN, return_tensors='pt')
+  with torch.no_grad():
+    hidden = model(**batch).last_hidden_state
+    m = batch['attention_mask'].unsqueeze(-1).to(hidden.dtype)     # sentence-transformers' Pooling + Normalize
+    sentence = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1)
+  return {'tokenizer': tok, 'ids': batch['input_ids'].numpy(), 'mask': batch['attention_mask'].numpy() == 1,
+          'hidden': hidden.numpy(), 'sentence': sentence.numpy(),
+          'word_embeddings': model.embeddings.word_embeddings.weight.detach().numpy()}
+
+
+@needs_minilm
+def test_minilm_tokenization_matches_transformers(minilm, reference):
+  _, _, tok = minilm
+  ids = tok.encode(REFERENCE_SENTENCES, max_len=MAX_LEN)
+  np.testing.assert_array_equal(ids, reference['ids'])
+  np.testing.assert_array_equal(ids != tok.pad_id, reference['mask'])
+  # The sentences exercise what they claim: lowercasing and accent stripping, WordPieces, [UNK], a long row.
+  tokens = [reference['tokenizer'].convert_ids_to_tokens(row[m].tolist())
+            for row, m in zip(reference['ids'], reference['mask'])]
+  assert tokens[1][:4] == ['[CLS]', 'hello', ',', 'world'] and 'cafe' in tokens[1]
+  assert '[UNK]' in tokens[2] and sum(t.startswith('##') for t in tokens[2]) >= 5
+  assert len(tokens[3]) > 40 and len(tokens[4]) == 3
+  # Truncation keeps [SEP] on both sides.
+  short = reference['tokenizer'](REFERENCE_SENTENCES, padding=True, truncation=True, max_length=12)['input_ids']
+  np.testing.assert_array_equal(tok.encode(REFERENCE_SENTENCES, max_len=12), short)
+
+
+@needs_minilm
+def test_minilm_token_states_match_transformers(minilm, reference):
+  """Per-token last-layer outputs (`TransformerEncoder.encode`) vs BertModel's last_hidden_state."""
   spec, params, tok = minilm
-  with tempfile.TemporaryDirectory() as d:
-    zipfile.ZipFile(convert_text.minilm_zip_path()).extractall(d)
-    ref_tok = transformers.AutoTokenizer.from_pretrained(d)
-    ref = transformers.AutoModel.from_pretrained(d).eval()
-    batch = ref_tok(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors='pt')
-    with torch.no_grad():
-      out = ref(**batch).last_hidden_state.numpy()
-  ids = tok.encode(SENTENCES, max_len=128)
-  np.testing.assert_array_equal(ids, batch['input_ids'].numpy())
-  mask = batch['attention_mask'].numpy()[..., None]
-  want = (out * mask).sum(1) / mask.sum(1)
-  np.testing.assert_allclose(embed(spec, params, tok, SENTENCES), want, rtol=1e-4, atol=1e-4)
-  token_embed = params['backbone']['block_0']['token_embed']['embedding']
-  np.testing.assert_array_equal(token_embed, ref.embeddings.word_embeddings.weight.detach().numpy())
+  np.testing.assert_array_equal(params['backbone']['block_0']['token_embed']['embedding'],
+                                reference['word_embeddings'])                       # bit-for-bit import
+  ids = jnp.asarray(tok.encode(REFERENCE_SENTENCES, max_len=MAX_LEN))
+  seq, mask = jax.jit(functools.partial(encoder(spec).apply, method='encode'))({'params': params['backbone']}, ids)
+  real = reference['mask']
+  np.testing.assert_array_equal(np.asarray(mask), real)
+  assert np.abs(reference['hidden'][real]).max() > 1.0              # not a comparison of near-zeros
+  np.testing.assert_allclose(np.asarray(seq)[real], reference['hidden'][real], rtol=0, atol=ATOL_TOKENS)
+
+
+@needs_minilm
+def test_minilm_sentence_embeddings_match_transformers(minilm, reference):
+  """The encoder's mean pooling, L2-normalised, vs sentence-transformers' recipe on BertModel's output."""
+  spec, params, tok = minilm
+  pooled = embed(spec, params, tok, REFERENCE_SENTENCES)
+  ours = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+  np.testing.assert_allclose(ours, reference['sentence'], rtol=0, atol=ATOL_SENTENCE)
+  cos = reference['sentence'] @ reference['sentence'].T
+  assert cos[np.triu_indices(len(REFERENCE_SENTENCES), 1)].max() < 0.9      # five distinct embeddings
