@@ -60,6 +60,22 @@ class Backbone:
   params: Any
   batch_stats: Any
   name: str          # for cache keys: checkpoint path + step + drop_last, or 'random:<seed>'
+  tokenizer: Any = None   # a text encoder's tokenizer (its checkpoint's): texts are tokenized with it
+
+  def inputs(self) -> Any:
+    """The pipeline `preprocess` that makes this backbone's inputs: text → tokens (at most TEXT_MAX_LEN,
+    padded per batch to a bucket), or None for images."""
+    if self.tokenizer is None:
+      return None
+    from jaxtransfer.text import inputs
+    return inputs.TextInputs(self.tokenizer, min(int(self.spec.get('max_len', TEXT_MAX_LEN)), TEXT_MAX_LEN))
+
+
+TEXT_MAX_LEN = 128   # tokens per text when extracting features (the sentiment sentences have at most 43)
+
+
+def _is_token_encoder(spec: dict[str, Any]) -> bool:
+  return spec.get('name') == 'transformer' and spec.get('stem', 'tokens') == 'tokens'
 
 
 def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ...] = (28, 28, 1),
@@ -69,6 +85,13 @@ def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ..
   `random_seed`: the same architecture randomly initialised instead (the no-transfer baseline).
   """
   spec = transfer.source_backbone_spec(source, drop_last)
+  tokenizer = None
+  if _is_token_encoder(spec):   # text: token ids in, the checkpoint's own tokenizer
+    from jaxtransfer.text import tokenizer as tokenizer_lib
+    meta = checkpoint.read_meta(*checkpoint.open_for_reading(source))
+    if 'tokenizer' not in meta:
+      raise tokenizer_lib.TokenizerError(f'{source}: a text encoder checkpoint without a tokenizer in its meta')
+    tokenizer, input_shape = tokenizer_lib.from_meta(meta['tokenizer']), (8,)
   model = model_lib.build({'backbone': spec, 'head': {'name': 'linear', 'num_outputs': 1}})
   seed = 0 if random_seed is None else random_seed
   variables = jax.jit(lambda k: model_lib.init(model, k, input_shape))(jax.random.key(seed))
@@ -79,7 +102,7 @@ def load_backbone(source: str, *, drop_last: int = 0, input_shape: tuple[int, ..
     name = f'{os.path.abspath(source)}@{step}/drop{drop_last}'
   else:
     name = f'random:{random_seed}:{json.dumps(spec, sort_keys=True)}'
-  return Backbone(spec, params['backbone'], (stats or {}).get('backbone', {}), name)
+  return Backbone(spec, params['backbone'], (stats or {}).get('backbone', {}), name, tokenizer)
 
 
 def extract(backbone: Backbone, source: Sequence[Any], *, batch_size: int = 0,
@@ -93,14 +116,16 @@ def extract(backbone: Backbone, source: Sequence[Any], *, batch_size: int = 0,
   if jax.tree_util.tree_leaves(backbone.batch_stats):
     variables['batch_stats'] = backbone.batch_stats
   fn = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  pre = backbone.inputs()
+  key = 'image' if pre is None else 'tokens'
   if not batch_size:
     n = len(indices) if indices is not None else len(source)
-    batch_size = memory.batch_size(lambda v, b: fn(v, b['image']), (variables,), memory.example_of(source),
+    batch_size = memory.batch_size(lambda v, b: fn(v, b[key]), (variables,), memory.example_of(source, pre),
                                    sharding.make_mesh(1), budget_mb=memory_mb, cap=max(1, min(memory.MAX_BATCH, n)))
   xs, ys = [], []
-  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices):
+  for batch in pipeline.eval_batches(source, batch_size=batch_size, indices=indices, preprocess=pre):
     keep = batch['mask'] > 0
-    xs.append(np.asarray(fn(variables, batch['image']))[keep])
+    xs.append(np.asarray(fn(variables, batch[key]))[keep])
     ys.append(batch['label'][keep])
   return Features(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64))
 
@@ -281,8 +306,9 @@ def linear_probe(config: ml_collections.ConfigDict, *, cache: FeatureCache | Non
   full = model_lib.build(steps.model_spec(config, num_outputs, objective))
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
   # train.train's head initialisation: the same key, the same model, the same input shape.
-  head_params = jax.jit(lambda k: model_lib.init(full, k, steps.input_shape(config, info.image_shape)))(
-      key_init)['params']['head']
+  bb = cache.backbone(config.transfer.init_from, drop)
+  shape = bb.inputs().output_shape() if bb.tokenizer is not None else steps.input_shape(config, info.image_shape)
+  head_params = jax.jit(lambda k: model_lib.init(full, k, shape))(key_init)['params']['head']
   model = model_lib.Model(backbone=Identity(), head=full.head)
   params = {'head': head_params}
   tx = optim.make(config.optim, rules.freeze_labels('all', params), config.train.steps)

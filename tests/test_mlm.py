@@ -224,6 +224,24 @@ def test_finetune_from_mlm_drops_its_head_and_keeps_its_tokenizer(corpus, tmp_pa
   assert scratch.init == 'scratch' and checkpoint.read_meta(mngr, step)['tokenizer']['sha256'] == corpus['tok'].fingerprint
 
 
+def test_feature_cache_and_linear_probe_on_a_text_encoder(corpus, tmp_path):
+  """features.FeatureCache / linear_probe (what `advise` and the sweeps' head-only cells use) tokenize with the
+  checkpoint's tokenizer, and the probe equals the loop's head-only run on cached features."""
+  from jaxtransfer import features
+  pre = str(tmp_path / 'pre')
+  train.train(mlm_config(corpus), pre)
+  cache = features.FeatureCache(data_dir=corpus['data_dir'])
+  f = cache.get(pre, corpus['data'], 'train')
+  assert f.x.shape == (76, 32) and np.isfinite(f.x).all() and set(f.y.tolist()) == {0, 1}
+  c = mlm_config(corpus, objective='classification', trainable='head')
+  c.model.backbone, c.transfer.init_from, c.text.tokenizer = None, pre, ''
+  c.train.steps, c.optim.lr = 30, 1e-2
+  probe = features.linear_probe(c, cache=cache)
+  run = train.train(c, str(tmp_path / 'head'))
+  assert probe['accuracy'] == pytest.approx(run.metrics['accuracy'], abs=1e-6) and probe['count'] == run.metrics['count'] == 20
+  np.testing.assert_allclose(probe['loss'], run.metrics['loss'], rtol=1e-4)
+
+
 def test_a_text_run_without_a_tokenizer_or_with_an_image_backbone_is_one_line(corpus, tmp_path):
   c = mlm_config(corpus)
   c.text.tokenizer = ''
