@@ -31,7 +31,7 @@ from jaxtransfer import checkpoint, config, errors, runtime, sweep, train
 flags.DEFINE_string('pretrain', multitask_scenes.PRETRAIN,
                     'Glyph pretraining workdir (config.pretrain()); trained there first if it holds no checkpoint.')
 flags.DEFINE_integer('workers', 1, 'Worker processes for the runs (sweep.run).')
-flags.DEFINE_list('lrs', ['1e-3', '3e-3', '1e-2'], 'Learning rates tuned per cell on the validation split '
+flags.DEFINE_list('lrs', ['1e-3', '3e-3', '1e-2', '3e-2'], 'Learning rates tuned per cell on the validation split '
                   '(one value: no tuning).')
 flags.DEFINE_integer('tune_seeds', 2, 'Tuning seeds per (cell, lr): 100, 101, … (disjoint from the reporting seeds).')
 
