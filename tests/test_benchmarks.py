@@ -1,10 +1,14 @@
-"""`python -m experiments.benchmarks.run --quick` runs and writes the documented schema (no timing thresholds)."""
+"""`python -m experiments.benchmarks.run --quick` runs and writes the documented schema (no timing thresholds);
+the masked-LM benchmark's PyTorch twin computes the JAX model's loss (skipped without torch)."""
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+
+import pytest
 
 from experiments.benchmarks import run as bench
 
@@ -23,11 +27,14 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads((out / 'bench.json').read_text())
   assert set(res) == set(bench.TOP_KEYS) | {'raw'}
-  # No torch interpreter given: the comparison is skipped, loudly, and its ratio is null.
-  assert res['full_step_jax_over_torch'] is None
+  # No torch interpreter given: the comparisons are skipped, loudly, and their ratios are null.
+  torch_keys = ('full_step_jax_over_torch', 'mlm_step_jax_over_torch')
+  assert [res[k] for k in torch_keys] == [None, None]
   assert 'JAXTRANSFER_TORCH_PYTHON' in res['raw']['torch']['skipped']
-  for k in bench.TOP_KEYS[1:]:
-    assert _positive_finite(res[k]), (k, res[k])
+  assert 'JAXTRANSFER_TORCH_PYTHON' in res['raw']['mlm']['raw']['torch']['skipped']
+  for k in bench.TOP_KEYS:
+    if k not in torch_keys:
+      assert _positive_finite(res[k]), (k, res[k])
   raw = res['raw']
   assert raw['quick'] is True
   for name, t in raw['timings'].items():
@@ -42,8 +49,69 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert raw['adam_bytes']['head']['trainable_bytes'] < raw['adam_bytes']['all']['trainable_bytes']
   assert _positive_finite(raw['pipeline']['pipeline']['median_ms'])
   assert _positive_finite(raw['pipeline']['in_memory']['median_ms'])
+  # The masked-LM step (tiny in --quick): tokens/s is the batch's real tokens over the JAX step's median,
+  # and XLA's FLOP count is close above the analytic matmul count with the head on K = ceil(0.15·T) gathered
+  # positions per row (on all T positions the tiny step would count ~1.85× the analytic value).
+  m = raw['mlm']['raw']
+  assert m['quick'] is True and m['batch'] == [8, 16] and m['tokens']['source'].startswith('synthetic')
+  assert 0 < m['tokens']['real_tokens_per_batch'] < 8 * 16
+  step_s = m['timings']['jax_mlm_step']['median_ms'] / 1e3
+  assert res['mlm_pretrain_tokens_per_s'] == pytest.approx(m['tokens']['real_tokens_per_batch'] / step_s, rel=1e-2)
+  assert 1.0 <= m['flops']['xla_over_analytic'] < 1.5, m['flops']
+  assert res['mlm_train_gflops_over_matmul_gflops'] == pytest.approx(
+      m['flops']['step_gflops_per_s'] / m['flops']['matmul_gflops_per_s'], rel=1e-3)
+  # LoRA: Adam state held under backbone/ is exactly mu and nu of the adapters (none for the frozen base).
+  assert res['lora_opt_state_over_adapter_bytes'] == 2.0
+  assert 0 < raw['lora']['trainable_fraction'] < 0.1
   md = (out / 'bench.md').read_text()
   assert all(k in md for k in bench.TOP_KEYS)
+
+
+def test_mlm_torch_twin_computes_the_jax_models_loss_and_times_its_step():
+  """torch_worker.py's MLM network, fed the JAX model's weights, gives the JAX model's masked loss: the two
+  sides of `mlm_step_jax_over_torch` compute the same function."""
+  if importlib.util.find_spec('torch') is None:
+    pytest.skip("torch is not installed (the `convert` extra: pip install -c constraints.txt -e '.[convert]')")
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from experiments.benchmarks import mlm
+  from jaxtransfer.models import model as model_lib
+  from jaxtransfer.objectives import mlm as mlm_objective
+
+  config = mlm._config(quick=True)
+  tokens, _, _ = mlm.token_batch(config, None)
+  step = mlm.JaxMLMStep(config, tokens)
+  obj = step.objective
+  # Weights away from their initial values (biases, LayerNorm scales and every kernel perturbed), so that
+  # every layer of the network changes the loss.
+  leaves, tree = jax.tree_util.tree_flatten(step.state[0])
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  params = jax.tree_util.tree_unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  corrupted, positions, valid = mlm_objective.select_and_corrupt(
+      jnp.asarray(tokens), jax.random.key(3), mask_rate=obj.mask_rate, mask_token=obj.mask_token,
+      random_token=obj.random_token, mask_id=obj.mask_id, special_ids=obj.special_ids, vocab_size=obj.vocab_size)
+  targets = jnp.take_along_axis(jnp.asarray(tokens), positions, axis=1)
+  logits, _ = step.model.apply({'params': params}, corrupted, positions, train=False,
+                               method=model_lib.Model.per_token)
+  nll, correct = mlm_objective.masked_losses(logits, targets, valid)
+  jax_loss = float(jnp.sum(nll) / jnp.sum(valid))
+
+  worker, info = mlm.start_torch(sys.executable, 1, mlm.torch_setup_message(config, tokens, obj))
+  assert worker is not None, info
+  try:
+    out = worker.ask({'cmd': 'mlm_loss', 'state': mlm.torch_state(params),
+                      **{k: np.asarray(v).tolist() for k, v in (('tokens', corrupted), ('positions', positions),
+                                                                ('valid', valid), ('targets', targets))}})
+    times = worker.ask({'cmd': 'time', 'what': 'mlm_step', 'batch': 0, 'n': 2})['times']
+  finally:
+    worker.close()
+  assert info['params'] == step.num_params
+  assert math.isfinite(info['first_loss'])
+  assert out['loss'] == pytest.approx(jax_loss, rel=1e-6)   # tanh- vs exact GELU alone moves it by 5e-6
+  assert out['correct'] == float(jnp.sum(correct))
+  assert len(times) == 2 and all(t > 0 for t in times)
 
 
 def test_pooling_benchmark_traces_each_variant_and_restores_the_shipped_pool():

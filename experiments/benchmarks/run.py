@@ -1,15 +1,16 @@
 """Speed benchmark of the real training code: step times, ratios against targets, GFLOP/s, optimizer memory.
 
-Run (≈ 5–10 min on 2 cores; `make bench` does the first line):
+Run (≈ 10 min on 2 cores; `make bench` does the first line — with PyTorch when this venv has the `convert`
+extra, `pip install -c constraints.txt -e '.[convert]'`):
   python -m experiments.benchmarks.run --out=runs/bench
   JAXTRANSFER_TORCH_PYTHON=/tmp/torchvenv/bin/python python -m experiments.benchmarks.run --out=runs/bench
-  python -m experiments.benchmarks.run --quick --out=/tmp/bench        # ≈ 20 s, what the test runs
+  python -m experiments.benchmarks.run --quick --out=/tmp/bench        # ≈ 30 s, what the test runs
 
-Writes `<out>/bench.json` and `<out>/bench.md`. The JSON's top level holds exactly five ratios, each
-computed from timings in its `raw` section:
+Writes `<out>/bench.json` and `<out>/bench.md`. The JSON's top level holds exactly these nine keys (`TOP_KEYS`),
+each computed from measurements in its `raw` section:
 
   full_step_jax_over_torch          JAX full fine-tune step / PyTorch eager step, demo CNN, largest batch
-                                    (target ≤ 0.8; null when no torch interpreter is given). With
+                                    (target ≤ 0.8; null when no interpreter with torch is found). With
                                     `--split=N` the batch split over N fake CPU devices (what the loop does
                                     with `config.mesh.cpu_devices`) is timed in the same rounds too and the
                                     faster layout is used (`raw.headline_full_step` names it; `raw.ratios`
@@ -26,6 +27,18 @@ computed from timings in its `raw` section:
                                     in the same run (target ≥ 0.5)
   adam_state_over_trainable_bytes   optimizer-state bytes / trainable-parameter bytes with the backbone
                                     partly frozen (trainable='last:1'; target 2.0: Adam's mu and nu only)
+  mlm_step_jax_over_torch           the masked-LM pretraining step of experiments/configs/pretrain_mlm_wikitext.py
+                                    (THE train step with the MaskedLM objective, batch 128 × 64) / the same
+                                    step in PyTorch eager, same threads, same rounds (target ≤ 0.8; null
+                                    without torch) — experiments/benchmarks/mlm.py, whose own interleaved
+                                    rounds run after the CNN's (`raw.mlm`)
+  mlm_train_gflops_over_matmul_gflops   that step's XLA cost-analysis FLOPs per second / a 1024² float32
+                                    matmul's FLOP/s timed in the MLM rounds (target ≥ 0.5)
+  mlm_pretrain_tokens_per_s         real (non-padding) tokens per second of that JAX step (WikiText-2
+                                    sentences when ../shared/data is there, else synthetic; `raw.mlm.raw.tokens`)
+  lora_opt_state_over_adapter_bytes optimizer-state bytes held for the backbone / adapter bytes, trainable=
+                                    'lora:8' on the MiniLM-sized encoder (target 2.0) — experiments/benchmarks/
+                                    lora.py (`raw.lora`, with the trainable fraction)
 
 What is timed is THE code of the training loop: `steps.make_train_step(model, optim.make(...), frozen)`
 jitted with the loop's buffer donation, `model.apply` for the forward, `catalog`/`pipeline` for data.
@@ -41,6 +54,7 @@ subprocess (XLA flags are read once, at backend start), the subprocesses run in 
 
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import math
 import os
@@ -51,13 +65,15 @@ import sys
 import time
 from typing import Any
 
-from experiments.benchmarks import report
+from experiments.benchmarks import lora, mlm, report
 
 TOP_KEYS = ('full_step_jax_over_torch', 'head_only_over_forward', 'pipeline_over_in_memory',
-            'train_gflops_over_matmul_gflops', 'adam_state_over_trainable_bytes')
+            'train_gflops_over_matmul_gflops', 'adam_state_over_trainable_bytes') + mlm.TOP_KEYS + (
+                'lora_opt_state_over_adapter_bytes',)
 TARGETS = {'full_step_jax_over_torch': '<= 0.8', 'head_only_over_forward': '<= 1.10',
            'pipeline_over_in_memory': '<= 1.05', 'train_gflops_over_matmul_gflops': '>= 0.5',
-           'adam_state_over_trainable_bytes': '== 2.0'}
+           'adam_state_over_trainable_bytes': '== 2.0', **mlm.TARGETS, 'lora_opt_state_over_adapter_bytes': '== 2.0'}
+LORA_QUICK = {'size': 'tiny', 'vocab_size': 1000, 'rank': 8}     # --quick: the same count on the 2 × 128 encoder
 TORCH_ENV = 'JAXTRANSFER_TORCH_PYTHON'
 
 CNN = {'name': 'cnn', 'stages': [16, 32], 'dense': [128]}     # config.base()'s backbone (the demo's)
@@ -252,14 +268,17 @@ def adam_bytes(backbone: dict, trainable: str) -> dict:
 class TorchWorker:
   """`torch_worker.py` under another interpreter, driven line by line (see that file)."""
 
-  def __init__(self, python: str, cnn: dict, batches, threads: int | None = None):
+  def __init__(self, python: str, cnn: dict | None, batches, threads: int | None = None):
+    """`cnn` None: no demo-CNN setup (the caller sends its own, e.g. mlm.py's `setup_mlm`)."""
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_worker.py')
     cmd = [python, worker] + ([str(threads)] if threads else [])
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'XLA_FLAGS')}
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, env=env)
-    self.info = self.ask({'cmd': 'setup', 'stages': cnn['stages'], 'dense': cnn['dense'],
-                          'num_outputs': NUM_OUTPUTS, 'batches': list(batches)})
+    self.info = {}
+    if cnn is not None:
+      self.info = self.ask({'cmd': 'setup', 'stages': cnn['stages'], 'dense': cnn['dense'],
+                            'num_outputs': NUM_OUTPUTS, 'batches': list(batches)})
 
   def ask(self, msg: dict) -> dict:
     self.proc.stdin.write(json.dumps(msg) + '\n')
@@ -283,17 +302,31 @@ class TorchWorker:
     self.proc.wait(timeout=30)
 
 
-def start_torch(python: str | None, cnn: dict, batches, threads: int | None):
-  """(worker or None, info dict saying why not)."""
+def torch_interpreter(flag: str, quick: bool) -> str | None:
+  """The interpreter the torch workers run under: --torch-python, else $JAXTRANSFER_TORCH_PYTHON, else (not
+  with --quick) this interpreter when it can import torch (the `convert` extra), so `make bench` compares
+  with PyTorch wherever the extra is installed; else None (the comparisons are skipped, with the reason)."""
+  if flag or os.environ.get(TORCH_ENV):
+    return flag or os.environ.get(TORCH_ENV)
+  if not quick and importlib.util.find_spec('torch') is not None:
+    return sys.executable
+  return None
+
+
+def start_torch(python: str | None, cnn: dict | None, batches, threads: int | None):
+  """(worker or None, info dict saying why not); `cnn` None: the worker is started but not set up."""
   if not python:
     return None, {'skipped': f'no torch interpreter: set {TORCH_ENV} or --torch-python to a Python with torch '
-                             '(a separate venv; never install torch into the jaxtransfer venv)'}
+                             "(.venv/bin/python after pip install -c constraints.txt -e '.[convert]', which pins "
+                             'the CPU wheel, or a separate venv; the core install never needs torch)'}
   if not os.path.exists(python):
     return None, {'skipped': f'{python} does not exist'}
   probe = subprocess.run([python, '-c', 'import torch; print(torch.__version__)'], capture_output=True, text=True)
   if probe.returncode:
     return None, {'skipped': f'{python} cannot import torch: {probe.stderr.strip().splitlines()[-1:]}'}
   w = TorchWorker(python, cnn, batches, threads)
+  if cnn is None:
+    return w, {'python': python, 'torch': probe.stdout.strip()}
   return w, {'python': python, 'torch': w.info['torch'], 'threads': w.info['threads'],
              'interop_threads': w.info['interop_threads']}
 
@@ -423,7 +456,8 @@ def bench(args) -> dict:
   load0 = os.getloadavg()
 
   backbones = {'cnn': CNN_QUICK, 'resnet': RESNET_QUICK} if q else {'cnn': CNN, 'resnet': RESNET}
-  torch_w, torch_info = start_torch(args.torch_python or os.environ.get(TORCH_ENV), backbones['cnn'], batches,
+  torch_python = torch_interpreter(args.torch_python, q)
+  torch_w, torch_info = start_torch(torch_python, backbones['cnn'], batches,
                                     args.torch_threads)
 
   phases: dict[str, float] = {}
@@ -502,6 +536,13 @@ def bench(args) -> dict:
   del variants, full
 
   phase('pipeline')
+  mlm_res = mlm.run(rounds, quick=q, torch_python=torch_python,
+                    torch_threads=args.torch_threads or None,
+                    torch_also_threads=() if q or (os.cpu_count() or 1) == 1 else (1,),
+                    shared_dir=args.shared_data or os.environ.get(mlm.SHARED_ENV) or mlm.SHARED_DEFAULT)
+  phase('mlm')
+  lora_res = lora.measure(**LORA_QUICK) if q else lora.measure()
+  phase('lora')
   experiments = None
   if args.experiments and not q:
     print('experiments (subprocesses) ...', flush=True)
@@ -516,6 +557,8 @@ def bench(args) -> dict:
       'pipeline_over_in_memory': pipe['pipeline']['median_ms'] / pipe['in_memory']['median_ms'],
       'train_gflops_over_matmul_gflops': train_gflops / mm_gflops,
       'adam_state_over_trainable_bytes': adam['last:1']['ratio'],
+      **{k: mlm_res[k] for k in mlm.TOP_KEYS},
+      'lora_opt_state_over_adapter_bytes': lora_res['lora_opt_state_over_adapter_bytes'],
   }
   ratios_all = {}
   for bname in backbones:
@@ -541,6 +584,7 @@ def bench(args) -> dict:
                   'loadavg_end': [round(x, 2) for x in os.getloadavg()]},
       'timings': timings, 'ratios': ratios_all, 'gflops': gflops, 'adam_bytes': adam, 'pipeline': pipe,
       'torch': torch_info, 'experiments': experiments, 'seconds': round(time.time() - started, 1), 'phase_seconds': phases,
+      'mlm': mlm_res, 'lora': lora_res,
   }
   del np
   return result
@@ -554,7 +598,7 @@ def markdown(res: dict) -> str:
            '| ratio | value | target |', '| --- | --- | --- |']
   for k in TOP_KEYS:
     v = res[k]
-    lines.append(f'| `{k}` | {"n/a" if v is None else f"{v:.3f}"} | {TARGETS[k]} |')
+    lines.append(f'| `{k}` | {"n/a" if v is None else f"{v:.4g}"} | {TARGETS[k]} |')
   lines += ['', f'JAX full step in the headline ratios: `{raw.get("headline_full_step")}` (the faster of the '
             f'1-device step and the batch split over {raw.get("split_devices") or "no"} fake CPU devices, same rounds).']
   if raw['torch'].get('skipped'):
@@ -574,6 +618,10 @@ def markdown(res: dict) -> str:
   p = raw['pipeline']
   lines += ['', f'Input pipeline ({p["dataset"]}, {p["examples"]} examples, batch {p["batch"]}): '
             f'{p["pipeline"]["median_ms"]:.1f} ms/step vs in-memory {p["in_memory"]["median_ms"]:.1f} ms/step.']
+  if raw.get('mlm'):
+    lines += ['', '#' + mlm.markdown(raw['mlm'])]
+  if raw.get('lora'):
+    lines += ['', '#' + lora.markdown(raw['lora'])]
   if raw.get('experiments'):
     lines += ['', '## Speed experiments', '', raw['experiments']['what'], '',
               '| variant | XLA flags / env | best median ms | speed-up | page faults / step | system ms / step |',
@@ -593,10 +641,13 @@ def main(argv=None) -> None:
   ap.add_argument('--out', default='runs/bench')
   ap.add_argument('--quick', action='store_true', help='batch 8, 3 rounds, glyphs/small, no experiments (≈ 20 s)')
   ap.add_argument('--rounds', type=int, default=0, help='timed rounds (default 15, quick 3)')
-  ap.add_argument('--torch-python', default='', help=f'interpreter with torch (default ${TORCH_ENV})')
+  ap.add_argument('--torch-python', default='', help=f'interpreter with torch (default ${TORCH_ENV}, else this one '
+                                                     'if it has torch, except with --quick)')
   ap.add_argument('--torch-threads', type=int, default=0, help='torch.set_num_threads (default: torch\'s own)')
   ap.add_argument('--dataset', default='', help="pipeline dataset (default 'glyphs', quick 'glyphs/small')")
   ap.add_argument('--data-dir', default='', help='TFDS data dir (default: catalog.default_data_dir())')
+  ap.add_argument('--shared-data', default='', help=f'where wikitext-2-raw is, for the MLM token batch (default '
+                                                     f'${mlm.SHARED_ENV} or {mlm.SHARED_DEFAULT})')
   ap.add_argument('--experiments', default=','.join(EXPERIMENTS),
                   help=f'comma-separated subset of {list(EXPERIMENTS)} ("" = none); skipped with --quick')
   ap.add_argument('--split', type=int, default=0,
