@@ -119,10 +119,11 @@ def tune(cells: Sequence[tuple[str, Callable[[int], Any]]], workdir: str, key: s
 
 
 def grid(cells: Sequence[tuple[str, Callable[[int], Any]]], seeds: int, workdir: str, key: str = 'mean_ap',
-         fn: sweep.RunFn = sweep.train_run) -> Grid:
-  """`cells` = [(name, seed -> config)]: each cell's lr tuned (`tune`), then one sweep (jaxtransfer/sweep.py)
-  of cells × reporting seeds at those lrs in `workdir/<name>/lr<lr>/seed_<s>`, each cached in its final.json."""
-  lrs = tune(cells, workdir, key, fn)
+         fn: sweep.RunFn = sweep.train_run, lrs: dict[str, float] | None = None) -> Grid:
+  """`cells` = [(name, seed -> config)]: each cell's lr tuned (`tune`; or given: `lrs`, e.g. tuned on a
+  representative cell), then one sweep (jaxtransfer/sweep.py) of cells × reporting seeds at those lrs in
+  `workdir/<name>/lr<lr>/seed_<s>`, each cached in its final.json."""
+  lrs = dict(lrs) if lrs is not None else tune(cells, workdir, key, fn)
 
   def at_lr(name: str, make: Callable[[int], Any], seed: int) -> ml_collections.ConfigDict:
     c = make(seed)

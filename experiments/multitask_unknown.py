@@ -21,6 +21,9 @@ flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
 flags.DEFINE_integer('steps', 400, 'Training steps per run.')
 flags.DEFINE_list('fractions', ['0', '30', '50', '60', '90'], 'Unknown-label percentages (scenes/u<k>).')
 flags.DEFINE_list('policies', ['mask', 'negative', 'drop'], 'config.mtl.unknown_policy values; mask first.')
+flags.DEFINE_integer('tune_fraction', 50, 'Each policy\'s lr is tuned at this unknown fraction and used at every '
+                     'fraction (u0 is tuned on its own; u90/mask is tuned too, as a check of that rule); -1: every '
+                     'cell tuned on its own.')
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +41,18 @@ def main(_):
   if 0 not in FRACTIONS or POLICIES[0] != 'mask':
     raise errors.ConfigError('--fractions must include 0 (the fully labelled reference) and --policies start with mask')
   cells = [(f'u{k}/{p}', make(k, p)) for k in FRACTIONS for p in POLICIES if not (k == 0 and p != 'mask')]
-  g = R.grid(cells, FLAGS.seeds, FLAGS.workdir)
+  if FLAGS.tune_fraction >= 0:   # the lr of a policy, tuned at one fraction (validated rule: BUILD_NOTES)
+    t = FLAGS.tune_fraction
+    probe = dict(cells)
+    tuned_cells = [(n, probe[n]) for n in [f'u{t}/{p}' for p in POLICIES] + ['u0/mask', 'u90/mask'] if n in probe]
+    tuned = R.tune(tuned_cells, FLAGS.workdir)
+    lrs = {n: tuned['u0/mask'] if n == 'u0/mask' else tuned[f'u{t}/{n.split("/")[1]}'] for n, _ in cells}
+    rule = (f'Rule: each policy\'s lr tuned at {t} % unknown and used at every fraction (u0 tuned on its own); '
+            f'check: u90/mask tuned on its own picks {tuned.get("u90/mask", float("nan")):g}, the rule gives '
+            f'{lrs.get("u90/mask", float("nan")):g}.')
+  else:
+    lrs, rule = None, 'Every cell\'s lr tuned on its own.'
+  g = R.grid(cells, FLAGS.seeds, FLAGS.workdir, lrs=lrs)
   res = g.values
   for p in POLICIES[1:]:
     res[f'u0/{p}'] = res['u0/mask']  # identical with every label known
@@ -59,7 +73,7 @@ def main(_):
                f'glyph-pretrained conv blocks + max pooling + six heads (all train), {FLAGS.steps} Adam steps of 32; '
                'columns: unknown training labels (%).'),
       row_header='policy', col_label=lambda k: f'{k} %', xlabel='unknown training labels (%)', ylabel='mean AP (%)',
-      plot_title='masked loss vs unknown-as-negative vs drop', notes=target + '\n\n' + R.lr_notes(g.lr))
+      plot_title='masked loss vs unknown-as-negative vs drop', notes=target + '\n\n' + rule + '\n\n' + R.lr_notes(g.lr))
   print(table + '\n' + target, flush=True)
 
 

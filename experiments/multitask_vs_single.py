@@ -29,6 +29,8 @@ flags.DEFINE_string('workdir', 'runs/multitask_vs_single', 'Where runs and resul
 flags.DEFINE_integer('seeds', 3, 'Seeds per cell.')
 flags.DEFINE_integer('steps', 400, 'Training steps per run.')
 flags.DEFINE_list('widths', ['8x16', '16x32', '32x64'], 'Conv widths of the backbone, AxB per width.')
+flags.DEFINE_string('tune_width', '16x32', 'The width at which each network\'s lr (the shared one, and each task\'s '
+                    'own) is tuned and then used at every width; empty: every cell tuned on its own.')
 FLAGS = flags.FLAGS
 
 TASKS = scenes.task_config(6)
@@ -60,11 +62,17 @@ def num_params(config) -> int:
 def main(_):
   R.setup()
   mtl, stl, per_task_ap, sizes, lrs = {}, {}, {}, {}, {}
+  tuned = None
+  if FLAGS.tune_width:   # each network's lr tuned at one width, used at every width (BUILD_NOTES)
+    t = FLAGS.tune_width
+    tuned = R.tune([(f'{t}/multitask', make(t, TASKS))] + [(f'{t}/single_{n}', make(t, {n: spec}))
+                                                            for n, spec in TASKS.items()], FLAGS.workdir)
+  at = lambda w, names: None if tuned is None else {f'{w}/{n}': tuned[f'{FLAGS.tune_width}/{n}'] for n in names}
   for w in FLAGS.widths:
-    g = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir)
+    g = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir, lrs=at(w, ['multitask']))
     mtl[w] = g.values[f'{w}/multitask']
     s = R.grid([(f'{w}/single_{n}', make(w, {n: spec})) for n, spec in TASKS.items()],
-               FLAGS.seeds, FLAGS.workdir)           # each value: that task's AP (mean_ap of one task)
+               FLAGS.seeds, FLAGS.workdir, lrs=at(w, [f'single_{n}' for n in TASKS]))   # each: that task's AP
     per_task, lrs = s.values, {**lrs, **g.lr, **s.lr}
     per_task_ap[w] = per_task
     stl[w] = [sum(per_task[f'{w}/single_{n}'][s] for n in TASKS) / len(TASKS)
