@@ -13,6 +13,8 @@ Names are '<builder>' or '<builder>/<config>': `glyphs`, `glyphs/small`, `real_d
 Two more kinds of name (see `docs` in `builders/imagefolder.py` and `_TfdsSource`):
   * 'imagefolder:<dir>[?size=224&resize=crop&channels=3&test=0.2&seed=0]' — your own folder of images,
     prepared once into `data_dir` and prepared again when its files change;
+  * 'multilabel:<table or dir>[?size=…&classes=…&hide=…]' — images with several partly unknown labels each
+    (a CSV/TSV label table or a YOLO label folder, `builders/multilabel.py`), prepared like imagefolder;
   * 'tfds:<name>[:<config>][?size=H[xW]&resize=crop|pad|stretch]' (or <name>/<config>, TFDS's spelling) —
     any TFDS catalog dataset, read with `builder.as_data_source` (array_record; it must be prepared in that
     format, or be preparable without TensorFlow). Its supervised keys become 'image'/'label'; images of varying size need `size`. A text
@@ -47,7 +49,7 @@ import tensorflow_datasets as tfds
 
 from jaxtransfer import errors
 from jaxtransfer.data import preprocess
-from jaxtransfer.data.builders import glyphs, imagefolder, real_digits, scenes, text
+from jaxtransfer.data.builders import glyphs, imagefolder, multilabel, real_digits, scenes, text
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def known_names() -> list[str]:
   for name, cls in BUILDERS.items():
     names.append(name)
     names += [f'{name}/{c.name}' for c in cls.BUILDER_CONFIGS]
-  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>', 'textfile:<path>']
+  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>', 'multilabel:<table or dir>', 'textfile:<path>']
 
 
 TFDS_PREFIX = 'tfds:'
@@ -84,6 +86,8 @@ def _kind(name: str) -> str:
     return 'tfds'
   if name.startswith(imagefolder.PREFIX):
     return 'imagefolder'
+  if name.startswith(multilabel.PREFIX):
+    return 'multilabel'
   if name.startswith(text.TEXTFILE_PREFIX):
     return 'textfile'
   return 'embedded'
@@ -154,6 +158,8 @@ def builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuild
   kind = _kind(name)
   if kind == 'imagefolder':
     return imagefolder.builder(name, data_dir or default_data_dir())
+  if kind == 'multilabel':
+    return multilabel.builder(name, data_dir or default_data_dir())
   if kind == 'textfile':
     return text.textfile_builder(name, data_dir or default_data_dir())
   if kind == 'tfds':
@@ -208,6 +214,10 @@ def prepare(name: str, *, data_dir: str | None = None,
           shutil.rmtree(os.path.join(config_dir, entry), ignore_errors=True)
     if _kind(name) == 'imagefolder':
       for stale in imagefolder.stale_configs(b):  # the same folder, prepared before its files changed
+        log.info('%s changed since it was prepared: removing %s', name, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    if _kind(name) == 'multilabel':
+      for stale in multilabel.stale_configs(b):  # the same table or label folder, prepared before it changed
         log.info('%s changed since it was prepared: removing %s', name, stale)
         shutil.rmtree(stale, ignore_errors=True)
     if _kind(name) == 'textfile':
