@@ -3,6 +3,7 @@ images, re-preparation, presence from objects, hidden labels, `task_config`, and
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -383,3 +384,24 @@ def test_multitask_run_on_a_label_table_end_to_end(tmp_path, tfds_dir):
   again = evaluation.evaluate_checkpoint(str(tmp_path / 'run'))
   assert again['mean_ap'] == pytest.approx(out.metrics['mean_ap'], abs=1e-6)
   assert again['stripe/ap'] == pytest.approx(out.metrics['stripe/ap'], abs=1e-6)
+
+
+_MULTITASK = importlib.import_module('jaxtransfer.objectives.multitask')
+
+
+@pytest.mark.skipif(not hasattr(_MULTITASK, 'tasks_of'),
+                    reason='needs objectives/multitask.py tasks_of (empty config.tasks -> the multilabel header)')
+def test_empty_config_tasks_come_from_the_multilabel_header(tmp_path, tfds_dir):
+  from jaxtransfer import config as config_lib, objectives
+  table = _table(tmp_path, ['image,ped,weather', 'x.png,1,rain', 'y.png,?,snow', 'z.png,0,'])
+  c = config_lib.base()
+  c.data, c.input.data_dir, c.objective = f'multilabel:{table}', tfds_dir, 'multitask'
+  objective = objectives.from_config(c)
+  assert objective.names == ['ped', 'weather']
+  assert {t.name: (t.task.kind, t.key, t.outputs) for t in objective.tasks} == {
+      'ped': ('binary', 'labels', 1), 'weather': ('classification', 'class_weather', 2)}
+  c.tasks = {'ped': {'kind': 'binary', 'key': 'labels', 'index': 0}}      # given tasks win
+  assert objectives.from_config(c).names == ['ped']
+  c.tasks, c.data = {}, 'scenes/small'                                     # other data: still an error
+  with pytest.raises(errors.ConfigError, match='needs config.tasks'):
+    objectives.from_config(c)
