@@ -76,7 +76,11 @@ def base() -> ml_collections.ConfigDict:
                                         # gradients at the backbone output ('features', one backbone backward
                                         # pass) or at the shared parameters ('params', one per task)
   c.mtl.unknown_policy = 'mask'         # unknown labels: 'mask' (left out) | 'negative' (as 0) | 'drop' (only
-                                        # fully labelled examples train)
+                                        # fully labelled examples train) | 'pseudo' (an EMA teacher's
+                                        # confident predictions, objectives/multitask.py)
+  c.mtl.pseudo_threshold = 0.9          # 'pseudo': teacher confidence needed to fill an unknown label
+  c.mtl.ema_decay = 0.99                # 'pseudo': the teacher = EMA of the weights with this decay per step
+  c.mtl.pseudo_start = 100              # 'pseudo': steps of plain masking before the teacher labels
   c.mtl.head_hidden = ()                # per-task hidden Dense layers of the multitask head (() = linear heads)
 
   c.transfer = ml_collections.ConfigDict()
@@ -187,7 +191,7 @@ CHOICES = {
     'optim.schedule': ('cosine', 'constant'),
     'mtl.weighting': ('equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad'),
     'mtl.task_gradients': ('features', 'params'),
-    'mtl.unknown_policy': ('mask', 'negative', 'drop'),
+    'mtl.unknown_policy': ('mask', 'negative', 'drop', 'pseudo'),
     'mesh.params': ('replicate', 'fsdp'),
     'distributed.initialize': ('off', 'on', 'auto'),
     'train.on_nonfinite': ('stop', 'skip'),
@@ -228,6 +232,9 @@ RANGES = {
     'mlm.random_token': (0.0, 1.0, True, True),
     'mlm.head_hidden': (0, None, True, True),
     'lora.alpha': (0.0, None, True, True),
+    'mtl.pseudo_threshold': (0.5, 1.0, False, True),
+    'mtl.ema_decay': (0.0, 1.0, True, False),
+    'mtl.pseudo_start': (0, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
 _ABSENT = object()

@@ -149,3 +149,37 @@ def test_evaluate_checkpoint_scores_a_multitask_run_on_true_labels(data_dir, tmp
   assert again['mean_ap'] == pytest.approx(out.metrics['mean_ap'], abs=1e-6)
   assert again['has_3/auc'] == pytest.approx(out.metrics['has_3/auc'], abs=1e-6)
   assert again['count'] == 128 and again['split'] == 'test'
+
+
+def test_pseudo_labels_fill_only_unknowns_and_respect_the_threshold():
+  from jaxtransfer import losses
+  from jaxtransfer.objectives.multitask import pseudo_labels
+  binary = losses.Task('binary')
+  labels = jnp.array([1, 0, -1, -1, -1, -1], jnp.int8)
+  logits = jnp.array([-9.0, 9.0, 3.0, -3.0, 0.5, -0.5])     # sigmoid: .95 / .05 for ±3, ~.6/.4 for ±0.5
+  out = np.asarray(pseudo_labels(binary, labels, logits, 0.9))
+  assert out.tolist() == [1, 0, 1, 0, -1, -1]                 # known labels kept even against the teacher
+  assert np.asarray(pseudo_labels(binary, labels, logits, 0.99)).tolist() == [1, 0, -1, -1, -1, -1]
+  cls = losses.Task('classification', 3)
+  c_labels = jnp.array([2, -1, -1], jnp.int32)
+  c_logits = jnp.array([[9.0, 0, 0], [9.0, 0, 0], [1.0, 1.0, 0.9]])
+  assert np.asarray(pseudo_labels(cls, c_labels, c_logits, 0.9)).tolist() == [2, 0, -1]
+  reg = losses.Task('regression')
+  r = jnp.array([jnp.nan, 1.0])
+  assert np.array_equal(np.asarray(pseudo_labels(reg, r, jnp.zeros(2), 0.9)), np.asarray(r), equal_nan=True)
+
+
+def test_pseudo_policy_trains_with_an_ema_teacher_in_its_state(data_dir, tmp_path):
+  c = tiny_config(data_dir, **{'mtl.unknown_policy': 'pseudo', 'mtl.pseudo_start': 2,
+                               'mtl.pseudo_threshold': 0.6, 'mtl.ema_decay': 0.5, 'train.steps': 4,
+                               'train.log_every': 1, 'train.checkpoint_every': 4})
+  out = train.train(c, str(tmp_path))
+  assert set(out.opt_state) == {'tx', 'teacher', 'pseudo_step'} and int(out.opt_state['pseudo_step']) == 4
+  # teacher = EMA of the weights: a full parameter tree, finite, lagging behind the trained weights
+  t, p = rules.flatten(out.opt_state['teacher']), rules.flatten(out.params)
+  assert set(t) == set(p) and all(np.isfinite(np.asarray(v)).all() for v in t.values())
+  assert any(not np.allclose(t[k], p[k]) for k in p) and 'head/has_0/out/kernel' in t
+  lines = [__import__('json').loads(x) for x in open(tmp_path / 'metrics.jsonl')]
+  filled = [x['train/pseudo_labelled'] for x in lines if 'train/pseudo_labelled' in x]
+  assert filled[0] == 0.0 and max(filled) > 0.0                # nothing before pseudo_start, then some
+  assert 0 < out.metrics['mean_ap'] <= 1

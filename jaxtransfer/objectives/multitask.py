@@ -1,7 +1,8 @@
 """Multi-task learning (issue #3): a dict of heads over one backbone, one masked loss per task.
 
 Tasks come from `config.tasks` (`parse_tasks`); unknown labels are left out of the loss ('mask'), counted
-as negatives ('negative') or their examples dropped from training ('drop', done by `train_examples`).
+as negatives ('negative'), their examples dropped from training ('drop', done by `train_examples`), or
+filled with an EMA teacher's confident predictions ('pseudo', `pseudo_labels`; issue #18).
 With `config.mtl.weighting` other than 'equal' the task gradients are combined by a `jaxtransfer.weighting`
 method, whose state is this objective's state: `opt_state = {'tx': …, 'weighting': …}`, checkpointed
 and resumed with the optimizer's.
@@ -19,6 +20,7 @@ import optax
 
 from jaxtransfer import errors, losses, metrics, weighting
 from jaxtransfer.data import catalog
+from jaxtransfer.data.builders import multilabel
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import base
 
@@ -40,7 +42,7 @@ class TaskDef(NamedTuple):
   outputs: int
 
 
-UNKNOWN_POLICIES = ('mask', 'negative', 'drop')
+UNKNOWN_POLICIES = ('mask', 'negative', 'drop', 'pseudo')
 TASK_GRADIENTS = ('features', 'params')
 WEIGHTINGS = {'equal': weighting.equal, 'uncertainty': weighting.uncertainty, 'gradnorm': weighting.gradnorm,
               'pcgrad': weighting.pcgrad, 'cagrad': weighting.cagrad}
@@ -95,6 +97,24 @@ def task_labels(tasks: Sequence[TaskDef], batch: Batch, *, true: bool = False) -
   return out
 
 
+def pseudo_labels(task: losses.Task, labels: jax.Array, teacher_output: jax.Array, threshold: float) -> jax.Array:
+  """`labels` with each unknown entry (−1) replaced by the teacher's confident prediction; a known label is
+  never changed, and an entry the teacher is not sure about stays unknown.
+
+  binary / multilabel: 1 where sigmoid(output) ≥ threshold, 0 where ≤ 1 − threshold; classification: the
+  argmax class where its softmax probability ≥ threshold; regression: never pseudo-labelled.
+  """
+  if task.kind in ('binary', 'multilabel'):
+    p = jax.nn.sigmoid(teacher_output.astype(jnp.float32)).reshape(labels.shape)
+    guess = jnp.where(p >= threshold, 1, jnp.where(p <= 1.0 - threshold, 0, -1))
+  elif task.kind == 'classification':
+    p = jax.nn.softmax(teacher_output.astype(jnp.float32), axis=-1)
+    guess = jnp.where(jnp.max(p, -1) >= threshold, jnp.argmax(p, -1), -1).reshape(labels.shape)
+  else:
+    return labels
+  return jnp.where(labels < 0, guess, labels).astype(labels.dtype)
+
+
 def weighting_method(name: str) -> weighting.Weighting:
   """The `jaxtransfer.weighting` method named by `config.mtl.weighting` (default hyper-parameters)."""
   if name not in WEIGHTINGS:
@@ -125,7 +145,13 @@ class MultiTask(base.Objective):
   loss: `losses.multitask_loss` (each task's mean over its known labels, summed with `weights`, default
   1), train metrics `loss/<task>`. `unknown_policy`: 'mask' leaves unknown labels out (the seed notes'
   loss); 'negative' treats an unknown sigmoid label as 0 (the naive baseline of experiment 6a); 'drop'
-  trains only on fully labelled examples (`train_examples`), so the loss is 'mask'.
+  trains only on fully labelled examples (`train_examples`), so the loss is 'mask'; 'pseudo' (self-training
+  with a mean teacher) fills unknown labels with the confident predictions (`pseudo_threshold`) of an EMA of
+  the weights (`ema_decay`, kept in the objective state) from step `pseudo_start` on — before that it is
+  'mask'. A pseudo-labelled entry counts in the loss like a known one; a known label is never overridden.
+  Why an EMA teacher and not the model itself: its predictions change slowly, so the model is not trained
+  on its own latest mistakes; and not consistency between augmented views: the scenes have none to offer
+  that keeps the presence answers (a crop can cut a digit out).
   per_example: the outputs ('score/<task>') and the labels to evaluate on ('label/<task>': the TRUE
   labels when the batch carries 'true_<key>', so a split with hidden labels is scored on all of them),
   plus the per-example loss ('nll/<task>', NaN where unknown). summarize: `metrics.multitask_metrics`
@@ -140,6 +166,9 @@ class MultiTask(base.Objective):
   method: weighting.Weighting | None = None
   task_gradients: str = 'features'
   weighting_key: Any = None
+  pseudo_threshold: float = 0.9
+  ema_decay: float = 0.99
+  pseudo_start: int = 100
 
   name = 'multitask'
 
@@ -159,6 +188,7 @@ class MultiTask(base.Objective):
 
   def _train_labels(self, batch):
     labels = task_labels(self.tasks, batch)
+    labels = {n: batch.get(f'pseudo/{n}', v) for n, v in labels.items()}   # 'pseudo': filled by `grads`
     if self.unknown_policy == 'negative':
       spec = self.spec
       labels = {n: jnp.maximum(v, 0) if spec[n].kind in ('binary', 'multilabel') else v for n, v in labels.items()}
@@ -226,21 +256,49 @@ class MultiTask(base.Objective):
 
   @property
   def has_state(self) -> bool:
-    return self.method is not None
+    return self.method is not None or self.unknown_policy == 'pseudo'
 
   def init_state(self, params):
-    del params
-    if self.method is None:
-      return {}
-    return {'weighting': self.method.init(len(self.tasks), self.weighting_key)}
+    state = {}
+    if self.method is not None:
+      state['weighting'] = self.method.init(len(self.tasks), self.weighting_key)
+    if self.unknown_policy == 'pseudo':   # the teacher starts as the initial weights
+      state['teacher'] = jax.tree_util.tree_map(jnp.asarray, params)
+      state['pseudo_step'] = jnp.zeros((), jnp.int32)
+    return state
+
+  def _with_pseudo_labels(self, fwd, trainable, state, batch):
+    """(batch + 'pseudo/<task>' labels from the EMA teacher, the new state, metrics)."""
+    teacher = state['teacher']
+    outputs = jax.lax.stop_gradient(
+        fwd.model.apply(model_lib.variables(teacher, fwd.batch_stats), self.inputs(batch), train=False))
+    active = state['pseudo_step'] >= self.pseudo_start
+    labels = task_labels(self.tasks, batch)
+    filled, unknown, got = {}, 0.0, 0.0
+    for t in self.tasks:
+      new = pseudo_labels(t.task, labels[t.name], outputs[t.name], self.pseudo_threshold)
+      new = jnp.where(active, new, labels[t.name])
+      filled[f'pseudo/{t.name}'] = new
+      if t.task.kind != 'regression':
+        unknown += jnp.sum(labels[t.name] < 0)
+        got += jnp.sum((labels[t.name] < 0) & (new >= 0))
+    student = model_lib.merge_frozen(trainable, fwd.fixed)
+    d = self.ema_decay
+    new_teacher = jax.tree_util.tree_map(lambda a, b: d * a + (1.0 - d) * jax.lax.stop_gradient(b), teacher, student)
+    state = {**state, 'teacher': new_teacher, 'pseudo_step': state['pseudo_step'] + 1}
+    return {**batch, **filled}, state, {'pseudo_labelled': got / jnp.maximum(unknown, 1.0)}
 
   def grads(self, fwd, trainable, state, batch, key):
     """Equal weights: the default (one backward pass of the summed loss). With a weighting method:
     `task_gradients='features'` takes the Gram matrix of the per-task gradients at the backbone's output
     (one backbone backward pass, `weighting.weighted_grads_at_features`); 'params' at the shared
     parameters (T backbone backward passes, `weighting.weighted_grads`)."""
+    extra = {}
+    if self.unknown_policy == 'pseudo':
+      batch, state, extra = self._with_pseudo_labels(fwd, trainable, state, batch)
     if self.method is None:
-      return super().grads(fwd, trainable, state, batch, key)
+      grads, new_stats, state, metrics_ = super().grads(fwd, trainable, state, batch, key)
+      return grads, new_stats, state, {**metrics_, **extra}
     method, x = self.method, self.inputs(batch)
     if self.task_gradients == 'features' and method.needs_gram:
       def features_fn(backbone):
@@ -264,15 +322,24 @@ class MultiTask(base.Objective):
                                                       self.present(batch), vectorize=False)
       metrics_, new_stats = info.aux
     metrics_ = {**metrics_, **{f'weight_{n}': info.weights.shared[i] for i, n in enumerate(self.names)}}
-    return grads, new_stats, {**state, 'weighting': w_state}, {'loss': jnp.sum(info.losses), **metrics_}
+    return grads, new_stats, {**state, 'weighting': w_state}, {'loss': jnp.sum(info.losses), **metrics_, **extra}
 
 
 def multitask(tasks: Any, weights: Mapping[str, float] | None = None, unknown_policy: str = 'mask',
               method: weighting.Weighting | None = None, task_gradients: str = 'features',
-              weighting_key: Any = None) -> MultiTask:
-  """The multi-task objective of `tasks` (`config.tasks` or a sequence of `TaskDef`s); see `MultiTask`."""
+              weighting_key: Any = None, **pseudo: Any) -> MultiTask:
+  """The multi-task objective of `tasks` (`config.tasks` or a sequence of `TaskDef`s); see `MultiTask`.
+  `pseudo`: pseudo_threshold, ema_decay, pseudo_start (unknown_policy='pseudo')."""
   defs = tuple(tasks) if tasks and isinstance(next(iter(tasks)), TaskDef) else parse_tasks(tasks)
-  return MultiTask(defs, weights, unknown_policy, method, task_gradients, weighting_key)
+  return MultiTask(defs, weights, unknown_policy, method, task_gradients, weighting_key, **pseudo)
+
+
+def tasks_of(config: ml_collections.ConfigDict) -> Any:
+  """`config.tasks`; when it is empty and `config.data` is a `multilabel:` dataset, the tasks its table header or
+  class names declare (`multilabel.task_config`, which prepares the dataset first if needed)."""
+  if not config.tasks and config.data.startswith(multilabel.PREFIX):
+    return multilabel.task_config(config.data, data_dir=config.input.data_dir or None)
+  return config.tasks
 
 
 def from_config(config: ml_collections.ConfigDict) -> MultiTask:
@@ -280,5 +347,7 @@ def from_config(config: ml_collections.ConfigDict) -> MultiTask:
   name = config.mtl.weighting
   method = None if name == 'equal' else weighting_method(name)
   key = jax.random.PRNGKey(config.seed + _WEIGHTING_SEED) if method is not None else None
-  return multitask(config.tasks, unknown_policy=config.mtl.unknown_policy, method=method,
-                   task_gradients=config.mtl.task_gradients, weighting_key=key)
+  m = config.mtl
+  pseudo = {k: m[k] for k in ('pseudo_threshold', 'ema_decay', 'pseudo_start') if k in m}
+  return multitask(tasks_of(config), unknown_policy=m.unknown_policy, method=method,
+                   task_gradients=m.task_gradients, weighting_key=key, **pseudo)
