@@ -65,8 +65,16 @@ def main(_):
   tuned = None
   if FLAGS.tune_width:   # each network's lr tuned at one width, used at every width (BUILD_NOTES)
     t = FLAGS.tune_width
+    # + the shared network at every other width, tuned on its own: a check of the rule
+    checks = [w for w in FLAGS.widths if w != t]
     tuned = R.tune([(f'{t}/multitask', make(t, TASKS))] + [(f'{t}/single_{n}', make(t, {n: spec}))
-                                                            for n, spec in TASKS.items()], FLAGS.workdir)
+                                                            for n, spec in TASKS.items()]
+                   + [(f'{w}/multitask', make(w, TASKS)) for w in checks], FLAGS.workdir)
+    rule = (f'Rule: each network\'s lr (the shared one, each task\'s own) tuned at width {t} and used at every width; '
+            'check — the shared network tuned at its own width picks ' + ', '.join(
+                f'{tuned[f"{w}/multitask"]:g} at {w}' for w in checks) + f' (the rule gives {tuned[f"{t}/multitask"]:g}).')
+  else:
+    rule = 'Every cell\'s lr tuned on its own.'
   at = lambda w, names: None if tuned is None else {f'{w}/{n}': tuned[f'{FLAGS.tune_width}/{n}'] for n in names}
   for w in FLAGS.widths:
     g = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir, lrs=at(w, ['multitask']))
@@ -94,7 +102,7 @@ def main(_):
                'widths.'),
       row_header='', xlabel='conv widths', ylabel='mean AP (%)', plot_title='one shared network vs six separate ones',
       plot_rows=['multi-task (1 network)', 'single-task (6 networks)'],
-      notes='| | ' + ' | '.join(FLAGS.widths) + ' |\n|---|' + '---|' * len(FLAGS.widths) + '\n' + params
+      notes=rule + '\n\n| | ' + ' | '.join(FLAGS.widths) + ' |\n|---|' + '---|' * len(FLAGS.widths) + '\n' + params
       + '\n\n' + R.lr_notes(lrs))
   print(table, flush=True)
 
