@@ -189,7 +189,7 @@ CHOICES = {
     'transfer.head_init': ('fresh', 'class_names'),
     'optim.name': ('adam', 'sgd'),
     'optim.schedule': ('cosine', 'constant'),
-    'mtl.weighting': ('equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad'),
+    'mtl.weighting': ('equal', 'uncertainty', 'gradnorm', 'pcgrad', 'cagrad', 'dwa', 'rlw', 'famo', 'nashmtl', 'upgrad'),
     'mtl.task_gradients': ('features', 'params'),
     'mtl.unknown_policy': ('mask', 'negative', 'drop', 'pseudo'),
     'mesh.params': ('replicate', 'fsdp'),

@@ -1,5 +1,7 @@
 """Tests for the loss-weighting methods: mechanics, mask-awareness, and the shared interface."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +143,242 @@ def test_cagrad_ignores_absent_tasks():
   np.testing.assert_array_equal(none.shared, [0.0, 0.0])
 
 
+# --- DWA ------------------------------------------------------------------------------------
+
+
+def _softmax(x):
+  e = np.exp(np.asarray(x, np.float64) - np.max(x))
+  return e / e.sum()
+
+
+def test_dwa_weights_follow_the_ratio_of_each_tasks_last_two_losses():
+  method = W.dwa(temperature=2.0)
+  step = jax.jit(method.update)
+  state = method.init(3, jax.random.key(0))
+  all_present = jnp.ones(3, bool)
+  w, state = step(jnp.array([1.0, 1.0, 1.0]), all_present, state, None)
+  np.testing.assert_array_equal(w.shared, [1.0, 1.0, 1.0])  # no history yet: equal
+  # task 2 absent: weight 0, its history untouched
+  w, state = step(jnp.array([0.5, 1.0, 0.0]), jnp.array([True, True, False]), state, None)
+  np.testing.assert_array_equal(w.shared, [1.0, 1.0, 0.0])  # one record each: still equal
+  np.testing.assert_array_equal(state.last, [0.5, 1.0, 1.0])
+  np.testing.assert_array_equal(state.count, [2, 2, 1])
+  w, state = step(jnp.array([0.4, 1.2, 0.9]), all_present, state, None)
+  # ratios: task 0 0.5/1 (improved: less weight), task 1 1/1, task 2 has one record: 1
+  expected = 3 * _softmax(np.array([0.5, 1.0, 1.0]) / 2.0)
+  np.testing.assert_allclose(w.shared, expected, rtol=1e-6)
+  np.testing.assert_array_equal(w.shared, w.heads)
+  assert w.shared[0] < w.shared[1] and float(np.sum(w.shared)) == pytest.approx(3.0)
+  np.testing.assert_array_equal(state.last, np.float32([0.4, 1.2, 0.9]))
+  np.testing.assert_array_equal(state.previous, [0.5, 1.0, 1.0])
+  # two present tasks: weights over them sum to 2, ratios 0.4/0.5 and 0.9/1.0 (task 1 absent)
+  w, _ = step(jnp.array([0.3, 0.0, 0.8]), jnp.array([True, False, True]), state, None)
+  expected = np.zeros(3)
+  expected[[0, 2]] = 2 * _softmax(np.array([0.4 / 0.5, 0.9 / 1.0]) / 2.0)
+  np.testing.assert_allclose(w.shared, expected, rtol=1e-6)
+
+
+# --- RLW ------------------------------------------------------------------------------------
+
+
+def test_rlw_draws_softmax_normal_weights_from_the_state_and_ignores_absent_tasks():
+  method = W.rlw()
+  key = jax.random.PRNGKey(7)  # the loop's raw uint32 key
+  state = method.init(4, key)
+  step = jax.jit(method.update)
+  losses_ = jnp.ones(4)
+  w, new = step(losses_, jnp.ones(4, bool), state, None)
+  z = jax.random.normal(jax.random.fold_in(key, 0), (4,))
+  np.testing.assert_allclose(w.shared, 4 * _softmax(z), rtol=1e-5)
+  assert int(new.step) == 1 and np.array_equal(new.key, key)
+  again, _ = step(losses_, jnp.ones(4, bool), state, None)
+  np.testing.assert_array_equal(again.shared, w.shared)  # a function of the state only
+  present = jnp.array([True, False, True, True])
+  w2, _ = step(losses_, present, new, None)
+  assert w2.shared[1] == 0.0 and np.all(np.asarray(w2.shared)[[0, 2, 3]] > 0)
+  assert float(np.sum(w2.shared)) == pytest.approx(3.0)
+  assert not np.allclose(np.asarray(w2.shared)[[0, 2, 3]], np.asarray(w.shared)[[0, 2, 3]])  # a new draw
+  draws = []
+  for _ in range(1000):
+    w, state = step(losses_, jnp.ones(4, bool), state, None)
+    draws.append(np.asarray(w.shared))
+  draws = np.stack(draws)
+  np.testing.assert_allclose(draws.mean(0), 1.0, atol=0.06)  # E[λ_t] = 1, as equal weighting
+  assert draws.std(0).min() > 0.3 and len(np.unique(draws[:, 0])) == 1000
+
+
+# --- FAMO -----------------------------------------------------------------------------------
+
+
+def test_famo_weights_and_one_logit_step_by_hand():
+  method = W.famo(lr=0.025, weight_decay=0.01)
+  step = jax.jit(method.update)
+  state = method.init(3, jax.random.key(0))
+  w, state = step(jnp.array([1.0, 2.0, 4.0]), jnp.ones(3, bool), state, None)
+  # ξ = 0: z uniform, λ ∝ z / L, scaled to sum to 3
+  np.testing.assert_allclose(w.shared, 3 * np.array([1.0, 0.5, 0.25]) / 1.75, rtol=1e-6)
+  np.testing.assert_array_equal(state.logits, [0.0, 0.0, 0.0])  # nothing to learn from yet
+  # task 0's log-loss fell by log 2, the others did not move: task 0 loses logit, the others gain;
+  # Adam's first step is lr·sign(gradient) (ξ = 0: no decay term yet)
+  w, state = step(jnp.array([0.5, 2.0, 4.0]), jnp.ones(3, bool), state, None)
+  np.testing.assert_allclose(state.logits, [-0.025, 0.025, 0.025], rtol=1e-5)
+  z = _softmax(np.array([-0.025, 0.025, 0.025]))
+  inv = z / np.array([0.5, 2.0, 4.0])
+  np.testing.assert_allclose(w.shared, 3 * inv / inv.sum(), rtol=1e-5)
+  np.testing.assert_array_equal(w.shared, w.heads)
+  # absent task: λ 0, its logit, previous loss and flag unchanged; the other two renormalised
+  before = state
+  w, state = step(jnp.array([0.4, 0.0, 4.0]), jnp.array([True, False, True]), state, None)
+  assert w.shared[1] == 0.0 and float(np.sum(w.shared)) == pytest.approx(2.0)
+  assert state.logits[1] == before.logits[1] and state.last[1] == 2.0 and state.logits[0] < before.logits[0]
+
+
+def test_famo_shifts_weight_to_the_task_that_improves_slower_until_the_decay_balances():
+  method = W.famo(lr=0.025, weight_decay=0.01)
+  step = jax.jit(method.update)
+  state = method.init(2, jax.random.key(0))
+  gaps = []
+  for i in range(300):
+    # task 0's loss falls 5 % per step, task 1's 1 %: task 1 (slower) gains logit
+    _, state = step(jnp.array([0.95**i, 0.99**i]), jnp.ones(2, bool), state, None)
+    gaps.append(float(state.logits[1] - state.logits[0]))
+  assert all(b > a for a, b in zip(gaps[:30], gaps[1:31]))
+  # the logit gradient z0·z1·(δ0 − δ1) is then held by the L2 decay γ·ξ (Adam's fixed point)
+  z = _softmax(np.asarray(state.logits))
+  pull = z[0] * z[1] * (np.log(1 / 0.95) - np.log(1 / 0.99))
+  np.testing.assert_allclose(0.01 * np.asarray(state.logits), [-pull, pull], rtol=0.05)
+
+
+# --- Nash-MTL -------------------------------------------------------------------------------
+
+
+def test_nash_mtl_solves_the_bargaining_condition():
+  # orthogonal gradients: G/‖G‖_F diagonal, so α_i = 1/√(G'_ii) exactly
+  g = np.diag([1.0, 2.0])
+  w, _ = _update(W.nash_mtl(reg=0.0), g)
+  np.testing.assert_allclose(w.shared, 17**0.25 / np.array([1.0, 2.0]), rtol=1e-5)
+  np.testing.assert_array_equal(w.shared, w.heads)  # α weights the whole loss (the paper's code)
+  rng = np.random.default_rng(0)
+  for t, d in ((2, 3), (4, 6), (6, 9), (8, 8)):
+    g = rng.normal(size=(t, d)) * rng.uniform(0.1, 10.0, size=(t, 1))
+    g[0] -= 0.8 * g[1]  # some conflict
+    w, _ = _update(W.nash_mtl(), g)
+    alpha = np.asarray(w.shared, np.float64)
+    gram = g @ g.T
+    m = gram / np.linalg.norm(gram) + 1e-4 * np.eye(t)
+    assert np.all(alpha > 0)
+    np.testing.assert_allclose(m @ alpha, 1 / alpha, rtol=2e-4)  # (G α)_i = 1/α_i
+    d = alpha @ g
+    assert np.all(g @ d > 0)  # every task improves along d
+    scaled, _ = _update(W.nash_mtl(), 1000.0 * g)  # G is normalised: α does not depend on its scale
+    np.testing.assert_allclose(scaled.shared, alpha, rtol=1e-4)
+
+
+def test_nash_mtl_leaves_absent_tasks_out():
+  g2 = np.array([[1.0, 0.0, 0.5], [-0.5, 1.0, 0.0]])
+  g3 = np.insert(g2, 1, 0.0, axis=0)
+  w2, _ = _update(W.nash_mtl(), g2)
+  w3, _ = _update(W.nash_mtl(), g3, present=[True, False, True])
+  np.testing.assert_allclose(np.asarray(w3.shared)[[0, 2]], w2.shared, rtol=1e-5)
+  assert w3.shared[1] == 0.0 and w3.heads[1] == 0.0
+  none, _ = _update(W.nash_mtl(), np.zeros((2, 3)), present=[False, False])
+  np.testing.assert_array_equal(none.shared, [0.0, 0.0])
+
+
+# --- UPGrad ---------------------------------------------------------------------------------
+
+
+def test_upgrad_hand_examples():
+  # g1·g2 < 0: g1 projects onto the cone's edge (1, 1)/2 = g1 + g2/2, g2 onto (0, 1) = g1 + g2
+  g = np.array([[1.0, 0.0], [-1.0, 1.0]])
+  w, _ = _update(W.upgrad(reg=0.0), g)
+  np.testing.assert_allclose(w.shared, [2.0, 1.5], atol=1e-6)
+  np.testing.assert_array_equal(w.heads, [1.0, 1.0])
+  w, _ = _update(W.upgrad(reg=0.0, average=True), g)
+  np.testing.assert_allclose(w.shared, [1.0, 0.75], atol=1e-6)
+  # torchjd's documented example: UPGrad()(J) = [0.2929, 1.9004, 1.9004] (mean, reg 1e-4)
+  j = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+  w, _ = _update(W.upgrad(average=True), j)
+  np.testing.assert_allclose(np.asarray(w.shared) @ j, [0.2929, 1.9004, 1.9004], atol=1e-4)
+
+
+def test_upgrad_is_non_conflicting_and_equal_weighting_without_conflict():
+  from scipy.optimize import nnls
+  rng = np.random.default_rng(1)
+  for t, d in ((3, 5), (5, 8), (8, 12)):
+    agree = np.abs(rng.normal(size=(t, d)))  # all pairwise dot products > 0
+    w, _ = _update(W.upgrad(), agree)
+    np.testing.assert_array_equal(w.shared, np.ones(t))  # exactly the sum, as equal()
+    w, _ = _update(W.upgrad(average=True), agree)
+    np.testing.assert_allclose(w.shared, np.full(t, 1 / t), rtol=1e-6)  # torchjd's mean
+    g = rng.normal(size=(t, d))
+    g[0] -= 2 * g[1]
+    gram = g @ g.T
+    w, _ = _update(W.upgrad(reg=0.0), g)
+    w = np.asarray(w.shared, np.float64)
+    assert np.min(gram @ w) >= -1e-6 * np.trace(gram)  # g_j·d ≥ 0 for every task
+    assert np.min(gram @ np.ones(t)) < -0.1  # the plain sum did conflict
+    # oracle: projecting g_i = the non-negative least squares min_{s ≥ 0} ‖Gᵀ(e_i + s)‖ (scipy)
+    ref = sum(np.eye(t)[i] + nnls(g.T, -g[i])[0] for i in range(t))
+    np.testing.assert_allclose(w, ref, rtol=1e-4, atol=1e-5)
+    w_reg, _ = _update(W.upgrad(), g)  # default reg 1e-4: non-conflicting up to reg·tr(G)·Σv
+    assert np.min(gram @ np.asarray(w_reg.shared)) >= -2e-4 * np.trace(gram) * np.sum(w_reg.shared)
+
+
+def test_upgrad_leaves_absent_tasks_out():
+  g2 = np.array([[1.0, 0.0], [-1.0, 1.0]])
+  g3 = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]])
+  w2, _ = _update(W.upgrad(), g2)
+  w3, _ = _update(W.upgrad(), g3, present=[True, False, True])
+  np.testing.assert_allclose(np.asarray(w3.shared)[[0, 2]], w2.shared, rtol=1e-6)
+  np.testing.assert_array_equal(w3.heads, [1.0, 0.0, 1.0])
+  assert w3.shared[1] == 0.0
+  none, _ = _update(W.upgrad(), np.zeros((2, 2)), present=[False, False])
+  np.testing.assert_array_equal(none.shared, [0.0, 0.0])
+
+
+# --- resumability and registration ----------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['dwa', 'rlw', 'famo', 'pcgrad'])
+def test_stateful_methods_resume_bit_identically_from_a_saved_state(name):
+  """Steps 0-5 straight vs steps 0-2, the state through host numpy (as a checkpoint), steps 3-5."""
+  method = METHODS[name]
+  rng = np.random.default_rng(3)
+  losses_ = jnp.asarray(rng.uniform(0.2, 2.0, size=(6, 4)), jnp.float32)
+  present = jnp.asarray(rng.uniform(size=(6, 4)) > 0.3)
+  g = rng.normal(size=(4, 6))
+  gram = jnp.asarray(g @ g.T, jnp.float32)
+  step = jax.jit(method.update)
+
+  def run(state, steps):
+    out = []
+    for s in steps:
+      w, state = step(losses_[s], present[s], state, gram)
+      out.append(np.asarray(w.shared))
+    return out, state
+
+  start = method.init(4, jax.random.PRNGKey(11))
+  straight, end = run(start, range(6))
+  first, mid = run(start, range(3))
+  restored = jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, mid))
+  second, end2 = run(restored, range(3, 6))
+  for a, b in zip(straight, first + second):
+    np.testing.assert_array_equal(a, b)
+  jax.tree.map(np.testing.assert_array_equal, end, end2)
+
+
+def test_new_methods_are_registered_for_the_config():
+  from jaxtransfer import config as config_lib
+  multitask = importlib.import_module('jaxtransfer.objectives.multitask')
+  names = config_lib.CHOICES['mtl.weighting']
+  assert {'dwa', 'rlw', 'famo', 'nashmtl', 'upgrad'} <= set(names)
+  for name in names:
+    method = multitask.weighting_method(name)
+    assert isinstance(method, W.Weighting)
+  assert multitask.weighting_method('nashmtl').needs_gram and not multitask.weighting_method('famo').needs_gram
+
+
 # --- the shared interface on a small multi-task model -------------------------------------
 
 METHODS = {
@@ -149,6 +387,11 @@ METHODS = {
     'gradnorm': W.gradnorm(),
     'pcgrad': W.pcgrad(),
     'cagrad': W.cagrad(c=0.4, steps=200),
+    'dwa': W.dwa(),
+    'rlw': W.rlw(),
+    'famo': W.famo(),
+    'nash_mtl': W.nash_mtl(),
+    'upgrad': W.upgrad(),
 }
 
 
@@ -190,6 +433,12 @@ def test_every_method_is_mask_aware_through_weighted_grads(name):
     assert state.log_var[1] == 0.0 and state.log_var[0] != 0.0
   if name == 'gradnorm':
     assert state.weights[1] == 1.0 and state.initial_losses[1] == 0.0 and not state.seen[1]
+  if name == 'dwa':
+    assert state.count.tolist() == [2, 0, 2] and state.last[1] == 0.0 and state.last[0] > 0
+  if name == 'famo':
+    assert state.logits[1] == 0.0 and state.logits[0] != 0.0 and not state.seen[1]
+  if name == 'rlw':
+    assert state.step == 3
 
 
 def test_gram_path_matches_a_plain_backward_pass():
@@ -209,7 +458,7 @@ def test_gram_path_matches_a_plain_backward_pass():
     W.weighted_grads(W.pcgrad(), loss_fn, params, jax.random.key(0), present, x, labels, shared='trunk')
 
 
-@pytest.mark.parametrize('name', ['gradnorm', 'pcgrad', 'cagrad'])
+@pytest.mark.parametrize('name', ['gradnorm', 'pcgrad', 'cagrad', 'nash_mtl', 'upgrad'])
 def test_gradients_at_features_are_the_exact_combination_of_the_chosen_coefficients(name):
   """weighted_grads_at_features: Gram from ∂L_t/∂z, then backbone grads = Σ shared[t]·∇L_t and head grads
   = Σ heads[t]·∇L_t exactly (checked against the parameter Jacobian); an absent task stays out of it."""

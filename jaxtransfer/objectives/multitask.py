@@ -45,7 +45,8 @@ class TaskDef(NamedTuple):
 UNKNOWN_POLICIES = ('mask', 'negative', 'drop', 'pseudo')
 TASK_GRADIENTS = ('features', 'params')
 WEIGHTINGS = {'equal': weighting.equal, 'uncertainty': weighting.uncertainty, 'gradnorm': weighting.gradnorm,
-              'pcgrad': weighting.pcgrad, 'cagrad': weighting.cagrad}
+              'pcgrad': weighting.pcgrad, 'cagrad': weighting.cagrad, 'dwa': weighting.dwa, 'rlw': weighting.rlw,
+              'famo': weighting.famo, 'nashmtl': weighting.nash_mtl, 'upgrad': weighting.upgrad}
 _WEIGHTING_SEED = 0x5747      # the weighting state's key: PRNGKey(config.seed + this), a raw uint32 key
 
 
