@@ -3,7 +3,8 @@
 Run:
   .venv/bin/python -m experiments.multitask_weighting [--workdir=runs/multitask_weighting] [--seeds=3] [--steps=400]
 Six presence heads over the glyph-pretrained conv blocks (experiments/configs/multitask_scenes.py) on scenes/u30 (30 % unknown training labels, masked loss), config.mtl.weighting =
-equal | uncertainty | gradnorm | pcgrad | cagrad (jaxtransfer/weighting.py, default hyper-parameters).
+equal | uncertainty | gradnorm | pcgrad | cagrad, and (issue #18) dwa | rlw | famo | nashmtl | upgrad
+(`--methods=…`; jaxtransfer/weighting.py, default hyper-parameters).
 GradNorm / PCGrad / CAGrad take their Gram matrix of task gradients at the backbone output
 (config.mtl.task_gradients='features': one backbone backward pass plus six through the small heads;
 `--task_gradients=params` takes it at the shared parameters, one backbone backward pass per task, ~6×).

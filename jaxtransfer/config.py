@@ -71,7 +71,8 @@ def base() -> ml_collections.ConfigDict:
   # (see objectives/multitask.py parse_tasks; data/builders/scenes.py `task_config` builds the scenes tasks).
   c.tasks = ml_collections.ConfigDict()
   c.mtl = ml_collections.ConfigDict()
-  c.mtl.weighting = 'equal'             # 'equal' | 'uncertainty' | 'gradnorm' | 'pcgrad' | 'cagrad' (weighting.py)
+  c.mtl.weighting = 'equal'             # 'equal' | 'uncertainty' | 'gradnorm' | 'pcgrad' | 'cagrad' | 'dwa' | 'rlw'
+                                        # | 'famo' | 'nashmtl' | 'upgrad' (weighting.py)
   c.mtl.task_gradients = 'features'     # gradient methods (gradnorm/pcgrad/cagrad): their Gram matrix of task
                                         # gradients at the backbone output ('features', one backbone backward
                                         # pass) or at the shared parameters ('params', one per task)
