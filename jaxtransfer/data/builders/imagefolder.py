@@ -92,40 +92,57 @@ class Options:
   seed: int = 0
 
 
-def parse(spec: str) -> tuple[str, Options]:
-  """('/abs/dir', Options) from 'imagefolder:<dir>[?key=value&…]' (or a bare '<dir>[?…]')."""
-  spec = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+IMAGE_OPTIONS = ('size', 'resize', 'channels', 'test', 'seed')
+IMAGE_OPTIONS_HELP = f'size=H or HxW, resize={"|".join(RESIZE_POLICIES)}, channels=1|3, test in [0, 1), seed=int'
+
+
+def split_spec(spec: str, prefix: str, error: type[Exception]) -> tuple[str, list[tuple[str, str]]]:
+  """('/abs/path', [(key, value), …]) from '<prefix><path>[?key=value&…]' (or a bare '<path>[?…]')."""
+  spec = spec[len(prefix):] if spec.startswith(prefix) else spec
   path, _, query = spec.partition('?')
   if not path:
-    raise ImageFolderError(f'{PREFIX}<dir>: no directory given in {spec!r}')
-  root = os.path.abspath(os.path.expanduser(path))
+    raise error(f'{prefix}<path>: no path given in {spec!r}')
+  try:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+  except ValueError:
+    raise error(f'{spec!r}: bad options {query!r} (expected key=value&key=value)') from None
+  return os.path.abspath(os.path.expanduser(path)), pairs
+
+
+def image_option(key: str, value: str) -> Any:
+  """The value of one of the IMAGE_OPTIONS from its text; ValueError when it is out of range."""
+  if key == 'size':
+    h, _, w = value.lower().partition('x')
+    size = (int(h), int(w or h))
+    if min(size) < 1:
+      raise ValueError(value)
+    return size
+  if key == 'resize':
+    if value not in RESIZE_POLICIES:
+      raise ValueError(value)
+    return value
+  if key == 'channels':
+    if int(value) not in (1, 3):
+      raise ValueError(value)
+    return int(value)
+  if key == 'test':
+    if not 0.0 <= float(value) < 1.0:
+      raise ValueError(value)
+    return float(value)
+  return int(value)   # seed
+
+
+def parse(spec: str) -> tuple[str, Options]:
+  """('/abs/dir', Options) from 'imagefolder:<dir>[?key=value&…]' (or a bare '<dir>[?…]')."""
+  root, pairs = split_spec(spec, PREFIX, ImageFolderError)
   kw: dict[str, Any] = {}
-  for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
-    if key not in ('size', 'resize', 'channels', 'test', 'seed'):
-      raise ImageFolderError(f'{spec!r}: unknown option {key!r} (known: size, resize, channels, test, seed)')
+  for key, value in pairs:
+    if key not in IMAGE_OPTIONS:
+      raise ImageFolderError(f'{spec!r}: unknown option {key!r} (known: {", ".join(IMAGE_OPTIONS)})')
     try:
-      if key == 'size':
-        h, _, w = value.lower().partition('x')
-        kw['size'] = (int(h), int(w or h))
-        if min(kw['size']) < 1:
-          raise ValueError
-      elif key == 'resize':
-        if value not in RESIZE_POLICIES:
-          raise ValueError
-        kw['resize'] = value
-      elif key == 'channels':
-        kw['channels'] = int(value)
-        if kw['channels'] not in (1, 3):
-          raise ValueError
-      elif key == 'test':
-        kw['test'] = float(value)
-        if not 0.0 <= kw['test'] < 1.0:
-          raise ValueError
-      else:
-        kw['seed'] = int(value)
+      kw[key] = image_option(key, value)
     except ValueError:
-      raise ImageFolderError(f'{spec!r}: bad value {value!r} for {key} (size=H or HxW, resize={"|".join(RESIZE_POLICIES)},'
-                             ' channels=1|3, test in [0, 1), seed=int)') from None
+      raise ImageFolderError(f'{spec!r}: bad value {value!r} for {key} ({IMAGE_OPTIONS_HELP})') from None
   return root, Options(**kw)
 
 

@@ -84,7 +84,6 @@ import math
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -94,7 +93,6 @@ from PIL import Image, UnidentifiedImageError
 import tensorflow_datasets as tfds
 
 from jaxtransfer import errors
-from jaxtransfer.data import preprocess
 from jaxtransfer.data.builders import imagefolder
 
 log = logging.getLogger(__name__)
@@ -141,45 +139,29 @@ class Options:
 
 
 def parse(spec: str) -> tuple[str, Options]:
-  """('/abs/path', Options) from 'multilabel:<table or dir>[?key=value&…]' (or a bare '<path>[?…]')."""
-  spec = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
-  path, _, query = spec.partition('?')
-  if not path:
-    raise MultiLabelError(f'{PREFIX}<table or dir>: no path given in {spec!r}')
-  root = os.path.abspath(os.path.expanduser(path))
+  """('/abs/path', Options) from 'multilabel:<table or dir>[?key=value&…]' (or a bare '<path>[?…]'):
+  imagefolder's image options plus classes=a,b, hide=f, hide_seed=s."""
+  root, pairs = imagefolder.split_spec(spec, PREFIX, MultiLabelError)
   kw: dict[str, Any] = {}
-  try:
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-  except ValueError:
-    raise MultiLabelError(f'{spec!r}: bad options {query!r} (expected key=value&key=value)') from None
   for key, value in pairs:
     if key not in _FOLDER_OPTIONS:
       raise MultiLabelError(f'{spec!r}: unknown option {key!r} (known: {", ".join(_FOLDER_OPTIONS)})')
     try:
-      if key == 'size':
-        kw['size'] = preprocess._size(value, f'{spec}: size')  # pylint: disable=protected-access
-      elif key == 'resize':
-        if value not in imagefolder.RESIZE_POLICIES:
-          raise ValueError
-        kw['resize'] = value
-      elif key == 'channels':
-        kw['channels'] = int(value)
-        if kw['channels'] not in (1, 3):
-          raise ValueError
-      elif key in ('test', 'hide'):
-        kw[key] = float(value)
-        if not (0.0 <= kw[key] < 1.0 if key == 'test' else 0.0 <= kw[key] <= 1.0):
-          raise ValueError
+      if key in imagefolder.IMAGE_OPTIONS:
+        kw[key] = imagefolder.image_option(key, value)
+      elif key == 'hide':
+        kw['hide'] = float(value)
+        if not 0.0 <= kw['hide'] <= 1.0:
+          raise ValueError(value)
       elif key == 'classes':
         kw['classes'] = tuple(c.strip() for c in value.split(',') if c.strip())
         if not kw['classes']:
-          raise ValueError
-      else:   # seed, hide_seed
+          raise ValueError(value)
+      else:   # hide_seed
         kw[key] = int(value)
     except ValueError:
-      raise MultiLabelError(f'{spec!r}: bad value {value!r} for {key} (size=H or HxW, resize='
-                            f'{"|".join(imagefolder.RESIZE_POLICIES)}, channels=1|3, test in [0, 1), hide in '
-                            '[0, 1], classes=a,b, seed/hide_seed=int)') from None
+      raise MultiLabelError(f'{spec!r}: bad value {value!r} for {key} ({imagefolder.IMAGE_OPTIONS_HELP}, hide in '
+                            '[0, 1], classes=a,b, hide_seed=int)') from None
   return root, Options(**kw)
 
 
