@@ -9,8 +9,12 @@ same scores of the same architecture at random initialisation: a checkpoint whos
 above its random-init twin carries no transferable features for B.
 
 The recommendation is the seed notes' rule made quantitative, calibrated on
-experiments/transfer_vs_data_size.py (glyphs → real digits, 150 steps, 3 seeds; BUILD_NOTES.md):
-  LogME gain over random init < NO_GAIN (0.05)  → the source does not transfer: scratch;
+experiments/transfer_vs_data_size.py (glyphs → real digits, 150 steps, 3 seeds; BUILD_NOTES.md), and it
+acts on its own evidence: the LogME gain over random init is compared with its own noise — the spread of
+LogME over NOISE_ROUNDS random halves of B's labelled examples, for the best candidate and for the twin,
+combined (`logme_noise`): a gain below max(NO_GAIN, NOISE_SIGMAS × that noise) is no evidence of transfer.
+  gain within noise (or < NO_GAIN, 0.05)  → the source does not transfer: scratch, at every label budget
+                           (with many unlabelled examples of B: pretrain on them without labels instead);
   ≤ 50 labels per class  → lp-ft: a linear probe, then everything at a low lr (best trained strategy at 1,
                            5, 10 and 50/class: 69.4 / 90.7 / 92.8 / 95.4 % vs head-only 65.7 / 88.0 /
                            92.1 / 94.9); a ridge probe on cached features is the seconds-long check;
@@ -33,6 +37,9 @@ from jaxtransfer.data import catalog, fewshot
 log = logging.getLogger('jaxtransfer')
 
 NO_GAIN = 0.05          # LogME (per example, nats) gain over the random-init twin below which transfer is moot
+NOISE_ROUNDS = 10       # random halves of B's labelled examples for the LogME noise
+NOISE_SIGMAS = 2.0      # a gain below this many standard deviations of its noise is within noise
+MANY_UNLABELLED = 1000  # B examples (and ≥ 10× the labelled ones) for which self-supervised pretraining is advised
 LARGE_B_GAIN = 0.2      # with more than MEDIUM labels per class, a source needs this much gain to beat scratch
 FEW, MEDIUM = 10, 50    # labels per class: LP-FT up to MEDIUM (few labels: collect more when nothing transfers)
 
@@ -84,8 +91,8 @@ def score_candidates(candidates: Sequence[Candidate], data: str, *, per_class: i
     x, y = tr.x[idx], tr.y[idx]
     row = {'name': cand.name, 'source': cand.source, 'drop_last': cand.drop_last, 'random_init': cand.random_seed is not None,
            'n': int(len(y)), 'per_class': per_class or int(round(len(y) / (y.max() + 1))), 'dim': int(x.shape[1]),
-           'logme': transferability.logme(x, y), 'hscore': transferability.hscore(x, y), 'leep': None,
-           'probe_accuracy': None}
+           'logme': transferability.logme(x, y), 'logme_std': logme_noise(x, y, seed), 'unlabelled': int(len(tr.y)),
+           'hscore': transferability.hscore(x, y), 'leep': None, 'probe_accuracy': None}
     if cand.drop_last == 0 and cand.random_seed is None:
       probs = source_probs(cand.source, x)
       if probs is not None:
@@ -98,12 +105,40 @@ def score_candidates(candidates: Sequence[Candidate], data: str, *, per_class: i
   return rows
 
 
-def recommend(per_class: float, logme_best: float, logme_random: float | None) -> str:
-  """The strategy for B's labels per class and the best candidate's LogME (module docstring)."""
-  if logme_random is not None and logme_best - logme_random < NO_GAIN:
-    return (f'scratch: the best LogME is only {logme_best - logme_random:+.3f} over random init, the source '
-            'features do not transfer to B' + (' (few labels: collect more, or find a closer source)'
-                                               if per_class <= FEW else ''))
+def logme_noise(x: np.ndarray, y: np.ndarray, seed: int = 0, rounds: int = NOISE_ROUNDS) -> float:
+  """The standard deviation (ddof=1) of LogME over `rounds` random halves of (x, y): how much the score of these
+  features moves with the choice of labelled examples (0 when there are too few to halve)."""
+  if len(y) < 4:
+    return 0.0
+  rng = np.random.default_rng([seed, 0x4C6F67])
+  scores = [transferability.logme(x[idx], y[idx])
+            for idx in (np.sort(rng.permutation(len(y))[:len(y) // 2]) for _ in range(rounds))]
+  return float(np.std(scores, ddof=1))
+
+
+def within_noise(gain: float, noise: float) -> bool:
+  """Whether a LogME gain over the random-init twin is no evidence of transfer (module docstring)."""
+  return gain < max(NO_GAIN, NOISE_SIGMAS * noise)
+
+
+def recommend(per_class: float, logme_best: float, logme_random: float | None, noise: float = 0.0,
+              unlabelled: int = 0, labelled: int = 0) -> str:
+  """The strategy for B's labels per class and the best candidate's LogME (module docstring). `noise`: the
+  combined standard deviation of the best and the twin's LogME (`logme_noise`); `unlabelled` / `labelled`: B's
+  examples in all and those with labels used, for the advice when nothing transfers."""
+  if logme_random is not None and within_noise(logme_best - logme_random, noise):
+    gain = logme_best - logme_random
+    why = (f'the best LogME is only {gain:+.3f} over random init' + (
+        f', within noise ({NOISE_SIGMAS:g} × {noise:.3f}, its spread over random halves of B)'
+        if NOISE_SIGMAS * noise > NO_GAIN else ''))
+    more = ''
+    if unlabelled >= max(MANY_UNLABELLED, 10 * labelled):
+      more = (f'; B has {unlabelled} examples: self-supervised pretraining on them without labels is the '
+              'alternative to try')
+    elif per_class <= FEW:
+      more = ' (few labels: collect more, or find a closer source)'
+    return f'scratch: {why} — the source features do not transfer to B, at any label budget{more}'
+
   gain = None if logme_random is None else logme_best - logme_random
   if per_class <= MEDIUM:
     return (f'lp-ft: {per_class:g} labels per class — a linear probe (trainable=head, cached features; '
@@ -125,15 +160,18 @@ def advise(sources: Sequence[str], data: str, *, layers: Sequence[int] = (0,), p
   real = [r for r in rows if not r['random_init']]
   best = max(real, key=lambda r: r['logme'])
   rand = next(r for r in rows if r['random_init'])
-  return {'candidates': rows, 'best': best['name'], 'random_init_logme': rand['logme'],
-          'recommendation': recommend(best['per_class'], best['logme'], rand['logme'])}
+  noise = float(np.hypot(best['logme_std'], rand['logme_std']))
+  return {'candidates': rows, 'best': best['name'], 'random_init_logme': rand['logme'], 'gain_noise': noise,
+          'recommendation': recommend(best['per_class'], best['logme'], rand['logme'], noise, best['unlabelled'],
+                                              best['n'])}
 
 
 def format_report(result: dict[str, Any]) -> str:
-  lines = [f'{"candidate":60s} {"dim":>6s} {"LogME":>8s} {"H-score":>8s} {"LEEP":>8s}']
+  lines = [f'{"candidate":60s} {"dim":>6s} {"LogME":>8s} {"± (halves)":>10s} {"H-score":>8s} {"LEEP":>8s}']
   for r in result['candidates']:
     leep = '–' if r['leep'] is None else f'{r["leep"]:.3f}'
-    lines.append(f'{r["name"][-60:]:60s} {r["dim"]:6d} {r["logme"]:8.3f} {r["hscore"]:8.2f} {leep:>8s}')
+    lines.append(f'{r["name"][-60:]:60s} {r["dim"]:6d} {r["logme"]:8.3f} {r["logme_std"]:10.3f} {r["hscore"]:8.2f} '
+                 f'{leep:>8s}')
   lines.append(f'best: {result["best"]}  (B: {result["candidates"][0]["n"]} labelled examples)')
   lines.append(f'recommended: {result["recommendation"]}')
   return '\n'.join(lines)

@@ -129,3 +129,43 @@ def test_logme_ranks_pretrained_above_random_init_on_real_digits(tmp_path_factor
   assert result['recommendation'] == advise.recommend(20, best['logme'], rand['logme'])
   assert best['logme'] - rand['logme'] > 0.1, result
   assert result['recommendation'].startswith('lp-ft: 20 labels per class'), result['recommendation']
+
+
+def test_a_gain_within_the_scores_own_noise_means_scratch_at_every_budget():
+  """advise acts on its evidence: a LogME gain smaller than NOISE_SIGMAS × its spread over random halves of B is
+  no evidence of transfer, whatever the label budget; the same gain with little noise is."""
+  for per_class in (1, 10, 50, 400):
+    noisy = advise.recommend(per_class, 0.12, 0.0, noise=0.07)
+    assert noisy.startswith('scratch') and 'within noise' in noisy and 'at any label budget' in noisy, noisy
+    assert not advise.recommend(per_class, 0.30, 0.0, noise=0.01).startswith('scratch')
+  assert 'self-supervised' in advise.recommend(10, 0.12, 0.0, noise=0.07, unlabelled=4000, labelled=100)
+  assert 'self-supervised' not in advise.recommend(10, 0.12, 0.0, noise=0.07, unlabelled=400, labelled=100)
+
+
+def test_logme_noise_is_the_spread_over_random_halves():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(4), 30)
+  informative = np.eye(4)[y] * 3 + rng.normal(size=(120, 4))
+  noise = advise.logme_noise(informative, y, seed=0)
+  assert noise == advise.logme_noise(informative, y, seed=0) > 0             # deterministic by seed
+  assert noise != advise.logme_noise(informative, y, seed=1)
+  few = np.concatenate([np.flatnonzero(y == k)[:6] for k in range(4)])
+  assert advise.logme_noise(informative[few], y[few], seed=0) > noise         # fewer labels, a noisier score
+  assert advise.logme_noise(informative[:3], y[:3]) == 0.0
+
+
+def test_advise_recommends_scratch_when_the_source_is_no_better_than_its_random_twin(tmp_path_factory, data_dir):
+  """A 'pretraining' of one step at a tiny lr is a random init in all but name: advise must say so."""
+  c = config_lib.pretrain()
+  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
+  c.model.backbone = CNN
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 16, 1, 1
+  c.optim.lr, c.optim.warmup_steps = 1e-8, 0
+  workdir = str(tmp_path_factory.mktemp('tr_untrained'))
+  train.train(c, workdir)
+  result = advise.advise([workdir], 'real_digits', layers=(0,), per_class=20, data_dir=data_dir)
+  pre, rand = result['candidates']
+  assert abs(pre['logme'] - rand['logme']) < advise.NO_GAIN     # two random inits
+  assert result['gain_noise'] > 0 and pre['logme_std'] > 0 and rand['logme_std'] > 0
+  assert result['recommendation'].startswith('scratch') and 'any label budget' in result['recommendation']
+  assert '± (halves)' in advise.format_report(result)
