@@ -46,10 +46,11 @@ def main(_):
     probe = dict(cells)
     tuned_cells = [(n, probe[n]) for n in [f'u{t}/{p}' for p in POLICIES] + ['u0/mask', 'u90/mask'] if n in probe]
     tuned = R.tune(tuned_cells, FLAGS.workdir)
-    lrs = {n: tuned['u0/mask'] if n == 'u0/mask' else tuned[f'u{t}/{n.split("/")[1]}'] for n, _ in cells}
-    rule = (f'Rule: each policy\'s lr tuned at {t} % unknown and used at every fraction (u0 tuned on its own); '
-            f'check: u90/mask tuned on its own picks {tuned.get("u90/mask", float("nan")):g}, the rule gives '
-            f'{lrs.get("u90/mask", float("nan")):g}.')
+    rule_lr = {n: tuned[f'u{t}/{n.split("/")[1]}'] for n, _ in cells}
+    lrs = {n: tuned.get(n, rule_lr[n]) for n, _ in cells}   # a cell tuned on its own runs at its own lr
+    rule = (f'Rule: each policy\'s lr tuned at {t} % unknown and used at the other fractions; u0/mask and u90/mask '
+            f'are tuned on their own, the latter as a check of the rule: it picks {tuned.get("u90/mask", float("nan")):g}'
+            f', the rule would give {rule_lr.get("u90/mask", float("nan")):g}.')
   else:
     lrs, rule = None, 'Every cell\'s lr tuned on its own.'
   g = R.grid(cells, FLAGS.seeds, FLAGS.workdir, lrs=lrs)
