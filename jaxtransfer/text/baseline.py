@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for budget, rs in table.items():
     acc = np.array([r['accuracy'] for r in rs]) * 100
     cs, dfs = (' / '.join(f'{r[k]:g}' for r in rs) for k in ('C', 'min_df'))
-    print(f'| {budget} | {acc.mean():.1f} ± {acc.std():.1f} | {" / ".join(f"{a:.1f}" for a in acc)} | {cs} | {dfs} |')
+    print(f'| {budget} | {acc.mean():.1f} ± {acc.std(ddof=1):.1f} | {" / ".join(f"{a:.1f}" for a in acc)} | {cs} | {dfs} |')
   print(f'({time.perf_counter() - t0:.1f} s)')
 
 
