@@ -108,14 +108,20 @@ def test_recommendation_by_size_and_score():
   assert advise.recommend(400, 0.16, None).startswith('drop1+mlp2')
 
 
-def test_logme_ranks_pretrained_above_random_init_on_real_digits(tmp_path_factory, data_dir):
+def _glyph_pretraining(tmp_path_factory, data_dir, name, *, steps, batch_size, lr) -> str:
+  """A small CNN pretrained on glyphs/small for `steps` steps at `lr`; its workdir."""
   c = config_lib.pretrain()
   c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
   c.model.backbone = CNN
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 40, 64, 40, 40
-  c.optim.lr, c.optim.warmup_steps = 3e-3, 0
-  workdir = str(tmp_path_factory.mktemp('tr_pretrain'))
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = steps, batch_size, steps, steps
+  c.optim.lr, c.optim.warmup_steps = lr, 0
+  workdir = str(tmp_path_factory.mktemp(name))
   train.train(c, workdir)
+  return workdir
+
+
+def test_logme_ranks_pretrained_above_random_init_on_real_digits(tmp_path_factory, data_dir):
+  workdir = _glyph_pretraining(tmp_path_factory, data_dir, 'tr_pretrain', steps=40, batch_size=64, lr=3e-3)
   result = advise.advise([workdir], 'real_digits', layers=(0, 1), per_class=20, data_dir=data_dir)
   pre, cut, rand = result['candidates']
   assert not pre['random_init'] and not cut['random_init'] and rand['random_init']
@@ -156,13 +162,7 @@ def test_logme_noise_is_the_spread_over_random_halves():
 
 def test_advise_recommends_scratch_when_the_source_is_no_better_than_its_random_twin(tmp_path_factory, data_dir):
   """A 'pretraining' of one step at a tiny lr is a random init in all but name: advise must say so."""
-  c = config_lib.pretrain()
-  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:16]'
-  c.model.backbone = CNN
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 16, 1, 1
-  c.optim.lr, c.optim.warmup_steps = 1e-8, 0
-  workdir = str(tmp_path_factory.mktemp('tr_untrained'))
-  train.train(c, workdir)
+  workdir = _glyph_pretraining(tmp_path_factory, data_dir, 'tr_untrained', steps=1, batch_size=16, lr=1e-8)
   result = advise.advise([workdir], 'real_digits', layers=(0,), per_class=20, data_dir=data_dir)
   pre, rand = result['candidates']
   assert abs(pre['logme'] - rand['logme']) < advise.NO_GAIN     # two random inits

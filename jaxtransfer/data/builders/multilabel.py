@@ -127,12 +127,8 @@ logging.getLogger('absl').addFilter(_QuietCustomConfig())
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-  size: tuple[int, int] | None = None
-  resize: str = 'crop'
-  channels: int | None = None
-  test: float = 0.2
-  seed: int = 0
+class Options(imagefolder.Options):
+  """imagefolder's image options plus the label-folder ones."""
   classes: tuple[str, ...] | None = None
   hide: float = 0.0
   hide_seed: int = 0
