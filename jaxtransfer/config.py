@@ -83,6 +83,8 @@ def base() -> ml_collections.ConfigDict:
   c.mtl.ema_decay = 0.99                # 'pseudo': the teacher = EMA of the weights with this decay per step
   c.mtl.pseudo_start = 100              # 'pseudo': steps of plain masking before the teacher labels
   c.mtl.head_hidden = ()                # per-task hidden Dense layers of the multitask head (() = linear heads)
+  c.mtl.shuffled_tasks = ()             # a control: these tasks' training labels permuted across the training
+                                        # examples (seed input.subset_seed), unrelated to the image
 
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir

@@ -170,6 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
     objective = objective.for_tokenizer(tokenizer)
   num_outputs = steps.num_outputs(config, objective.num_classes(info, tokenizer))
   indices = objective.train_examples(config, num_outputs)   # labels checked; None = every example
+  train_source = objective.train_source(config, train_source)
   n_examples = len(indices) if indices is not None else len(train_source)
   # On resume the model is the one this workdir saved; init_from is never opened again.
   spec = (resume_meta['model_spec'] if start is not None

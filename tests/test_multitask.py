@@ -183,3 +183,37 @@ def test_pseudo_policy_trains_with_an_ema_teacher_in_its_state(data_dir, tmp_pat
   filled = [x['train/pseudo_labelled'] for x in lines if 'train/pseudo_labelled' in x]
   assert filled[0] == 0.0 and max(filled) > 0.0                # nothing before pseudo_start, then some
   assert 0 < out.metrics['mean_ap'] <= 1
+
+
+def test_shuffled_tasks_permute_only_their_own_training_labels(data_dir):
+  """The unrelated-tasks control: a shuffled task's training labels are a seeded permutation of its own
+  (same values, other examples'), every other label and the image are the example's own."""
+  from jaxtransfer.data import catalog
+  source = catalog.load('scenes/small', 'train', data_dir=data_dir)
+  n = len(source)
+  c = tiny_config(data_dir, **{'mtl.shuffled_tasks': ('has_1', 'count')})
+  objective = objectives.from_config(c)
+  assert objective.train_source(tiny_config(data_dir), source) is source    # no control: untouched
+  shuffled = objective.train_source(c, source)
+  ids = list(range(n))
+  orig, new = shuffled._source.__getitems__(ids), shuffled.__getitems__(ids)
+  y, y2 = np.stack([e['labels'] for e in orig]), np.stack([e['labels'] for e in new])
+  cnt, cnt2 = np.array([e['count'] for e in orig]), np.array([e['count'] for e in new])
+  np.testing.assert_array_equal(np.delete(y2, 1, axis=1), np.delete(y, 1, axis=1))
+  np.testing.assert_array_equal(np.stack([e['image'] for e in new]), np.stack([e['image'] for e in orig]))
+  assert sorted(y2[:, 1]) == sorted(y[:, 1]) and (y2[:, 1] != y[:, 1]).any()
+  assert sorted(cnt2) == sorted(cnt) and (cnt2 != cnt).any()
+  np.testing.assert_array_equal(shuffled[5]['labels'], y2[5])                  # one example = a batch's row
+  again = objective.train_source(c, source).__getitems__(ids)
+  np.testing.assert_array_equal(np.stack([e['labels'] for e in again]), y2)     # deterministic in the seed
+  c.input.subset_seed = 1
+  other = np.stack([e['labels'] for e in objective.train_source(c, source).__getitems__(ids)])
+  assert (other[:, 1] != y2[:, 1]).any()
+
+
+def test_unknown_shuffled_task_is_a_one_line_error_before_training(data_dir, tmp_path):
+  from jaxtransfer import errors
+  c = tiny_config(data_dir, **{'mtl.shuffled_tasks': ('has_1', 'has_9')})
+  with pytest.raises(errors.ConfigError, match=r"mtl.shuffled_tasks: 'has_9' not among the tasks"):
+    train.train(c, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists() or not list((tmp_path / 'checkpoints').iterdir())

@@ -11,6 +11,7 @@ On the host:
   head(config, num_outputs)     → the head spec of a run (`models/heads.py`);
   train_examples(config, num_outputs) → the indices of the training examples (None = all of them),
       after validating their labels (one-line `errors.DataError` / `errors.ConfigError`);
+  train_source(config, source)  → the training source as this objective reads it (default: unchanged);
   summarize({name: array})      → {metric: float} over a whole split without padding;
   init_state(params)            → {name: pytree} of extra state (`has_state`), carried next to the optimizer
       state in `opt_state` = {'tx': optax state, **state} and so checkpointed and resumed with it;
@@ -116,6 +117,11 @@ class Objective:
     """Indices of the examples of `config.input.train_split` to train on (None = all), labels checked."""
     del config, num_outputs
     return None
+
+  def train_source(self, config: ml_collections.ConfigDict, source: Any) -> Any:
+    """The training data source as the objective trains on it (e.g. with some labels permuted as a control)."""
+    del config
+    return source
 
   @property
   def has_state(self) -> bool:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxtransfer import errors, losses, metrics, weighting
-from jaxtransfer.data import catalog
+from jaxtransfer.data import catalog, shuffled_labels
 from jaxtransfer.data.builders import multilabel
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import base
@@ -254,6 +254,25 @@ class MultiTask(base.Objective):
       raise errors.NoTrainingExamples(f'mtl.unknown_policy=drop: no fully labelled example in {config.data} '
                                       f'split {config.input.train_split}')
     return np.flatnonzero(known)
+
+  def train_source(self, config: ml_collections.ConfigDict, source: Any) -> Any:
+    """With `mtl.shuffled_tasks`: those tasks' training labels permuted across the training split (one seeded
+    permutation per task, `input.subset_seed`), so they carry no information about the image — the
+    unrelated-tasks control (`data/shuffled_labels.py`)."""
+    names = list(config.mtl.get('shuffled_tasks', ()) or ())
+    if not names:
+      return source
+    by_name = {t.name: (i, t) for i, t in enumerate(self.tasks)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+      raise errors.ConfigError(f'mtl.shuffled_tasks: {", ".join(map(repr, unknown))} not among the tasks '
+                               f'({", ".join(self.names)})')
+    keys = sorted({by_name[n][1].key for n in names})
+    arrays = catalog.label_arrays(config.data, config.input.train_split, keys, config.input.data_dir or None,
+                                  manual_dir=config.input.manual_dir or None)
+    columns = {(by_name[n][1].key, by_name[n][1].index):
+               shuffled_labels.permutation(len(source), config.input.subset_seed, by_name[n][0]) for n in names}
+    return shuffled_labels.ShuffledLabels(source, {k: np.asarray(v) for k, v in arrays.items()}, columns)
 
   @property
   def has_state(self) -> bool:
