@@ -86,6 +86,13 @@ def base() -> ml_collections.ConfigDict:
   c.mtl.shuffled_tasks = ()             # a control: these tasks' training labels permuted across the training
                                         # examples (seed input.subset_seed), unrelated to the image
 
+  c.mae = ml_collections.ConfigDict()   # objective='mae': masked autoencoding (objectives/mae.py)
+  c.mae.mask_ratio = 0.75               # fraction of each image's patches hidden from the encoder
+  c.mae.norm_pix = True                 # targets normalised per patch (mean, variance of its pixels)
+  c.mae.decoder_width = 64              # the light decoder (the head, dropped at transfer): width, layers, heads
+  c.mae.decoder_depth = 1
+  c.mae.decoder_heads = 4
+
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir
   c.transfer.drop_last_blocks = 0       # remove the last k backbone blocks before attaching the head
@@ -238,6 +245,10 @@ RANGES = {
     'mtl.pseudo_threshold': (0.5, 1.0, False, True),
     'mtl.ema_decay': (0.0, 1.0, True, False),
     'mtl.pseudo_start': (0, None, True, True),
+    'mae.mask_ratio': (0.0, 1.0, False, False),
+    'mae.decoder_width': (1, None, True, True),
+    'mae.decoder_depth': (0, None, True, True),
+    'mae.decoder_heads': (1, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
 _ABSENT = object()

@@ -4,8 +4,10 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxtransfer import errors
+from jaxtransfer.models import transformer
 
 
 class LinearHead(nn.Module):
@@ -75,4 +77,39 @@ class MLMHead(nn.Module):
     return nn.Dense(self.num_outputs, name='out')(x)
 
 
-HEADS = {'linear': LinearHead, 'mlp': MLPHead, 'multitask': MultiTaskHead, 'mlm': MLMHead}
+class MAEHead(nn.Module):
+  """MAE's light decoder (He et al. 2022): the encoder's outputs at the V visible patches → Dense to `width`,
+  a learned [MASK] vector at the N − V masked patches, back in patch order (`restore`), fixed sine-cosine
+  positions, `depth` pre-LN Transformer layers, LayerNorm and `out` → (B, N, num_outputs = p·p·C) pixels.
+
+  Called with a pooled (B, D) vector (the model's plain forward pass, e.g. at init) it decodes one token:
+  the parameters are the same, so the head initialises like any other and transfer drops it like any other.
+  """
+  num_outputs: int
+  width: int = 64
+  depth: int = 1
+  num_heads: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, restore: jax.Array | None = None, train: bool = False) -> jax.Array:
+    del train
+    if x.ndim == 2:
+      x = x[:, None]
+    y = nn.Dense(self.width, name='embed')(x)
+    mask_token = self.param('mask_token', nn.initializers.normal(0.02), (1, 1, self.width))
+    if restore is not None:
+      b, n = restore.shape
+      if y.shape[1] > n:
+        raise errors.ConfigError(f'MAEHead: {y.shape[1]} visible patches for {n} patches in all')
+      y = jnp.concatenate([y, jnp.broadcast_to(mask_token.astype(y.dtype), (b, n - y.shape[1], self.width))], axis=1)
+      y = jnp.take_along_axis(y, restore[..., None].astype(jnp.int32), axis=1)
+    y = y + transformer.sincos_positions(y.shape[1], self.width)[None].astype(y.dtype)
+    ones = jnp.ones(y.shape[:2], bool)
+    for i in range(self.depth):
+      y = transformer.EncoderBlock(self.num_heads, 4 * self.width, 'pre_ln', 0.0, 0.0, 'einsum',
+                                   name=f'layer_{i}')(y, ones, deterministic=True)
+    y = nn.LayerNorm(epsilon=1e-6, name='norm')(y)
+    return nn.Dense(self.num_outputs, name='out')(y)
+
+
+HEADS = {'linear': LinearHead, 'mlp': MLPHead, 'multitask': MultiTaskHead, 'mlm': MLMHead, 'mae': MAEHead}

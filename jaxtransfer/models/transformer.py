@@ -357,10 +357,13 @@ class TransformerEncoder(nn.Module):
     return blocks[:len(blocks) - self.drop_last]
 
   @nn.compact
-  def encode(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
+  def encode(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = (),
+             keep: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(per-token outputs (B, T, width), real-token mask (B, T)): what MLM/MAE heads read.
 
-    Position 0 of a patch encoder with pool='cls' is the [CLS] vector, so T = N + 1 there.
+    Position 0 of a patch encoder with pool='cls' is the [CLS] vector, so T = N + 1 there. `keep` (B, V) int
+    (patch stem only): the encoder layers see only those patches of each row (indices into the N patches,
+    after the stem has added their positions; the [CLS] vector stays first) — MAE's encoder, T = V (+ 1).
     """
     mask = None
     for i, (cls, kwargs) in enumerate(self.block_modules()):
@@ -368,6 +371,8 @@ class TransformerEncoder(nn.Module):
       deterministic = not train or name in frozen
       if i == 0:
         x, mask = cls(**kwargs, name=name)(x, deterministic=deterministic)
+        if keep is not None:
+          x, mask = _keep_patches(x, keep, self.stem, self.pool == 'cls')
       else:
         x = cls(**kwargs, name=name)(x, mask, deterministic=deterministic)
     if self.layout == 'pre_ln':
@@ -377,6 +382,33 @@ class TransformerEncoder(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> jax.Array:
     seq, mask = self.encode(x, train=train, frozen=frozen)
     return pool_sequence(seq, mask, self.pool)
+
+
+def _keep_patches(x: jax.Array, keep: jax.Array, stem: str, cls: bool) -> tuple[jax.Array, jax.Array]:
+  """The stem's output (B, N [+1], D) cut to the patches `keep` (B, V) of each row (the [CLS] vector first)."""
+  if stem != 'patches':
+    raise errors.ConfigError('transformer encode(keep=…) needs stem=patches (masked autoencoding of images)')
+  if cls:
+    idx = jnp.concatenate([jnp.zeros((keep.shape[0], 1), keep.dtype), keep + 1], axis=1)
+  else:
+    idx = keep
+  x = jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)
+  return x, jnp.ones(x.shape[:2], bool)
+
+
+def sincos_positions(n: int, dim: int) -> jax.Array:
+  """(n, dim) fixed sine-cosine position codes (MAE's decoder): 2-D over a √n × √n grid when n is a square
+  (half the channels per axis), else 1-D over the index. No parameters, so one decoder fits any image size."""
+  def one_d(pos: jax.Array, d: int) -> jax.Array:
+    freq = 1.0 / 10000 ** (jnp.arange(d // 2, dtype=jnp.float32) / max(d // 2, 1))
+    angle = pos[:, None].astype(jnp.float32) * freq[None]
+    out = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=1)
+    return jnp.pad(out, ((0, 0), (0, d - out.shape[1])))
+  side = math.isqrt(n)
+  if side * side == n and dim >= 4:
+    rows, cols = jnp.divmod(jnp.arange(n), side)
+    return jnp.concatenate([one_d(rows, dim // 2), one_d(cols, dim - dim // 2)], axis=1)
+  return one_d(jnp.arange(n), dim)
 
 
 def pool_sequence(seq: jax.Array, mask: jax.Array, how: str) -> jax.Array:

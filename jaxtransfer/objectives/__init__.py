@@ -16,6 +16,7 @@ import ml_collections
 
 from jaxtransfer import errors
 from jaxtransfer.objectives import classification as classification_lib
+from jaxtransfer.objectives import mae as mae_lib
 from jaxtransfer.objectives import mlm as mlm_lib
 from jaxtransfer.objectives import multitask as multitask_lib
 from jaxtransfer.objectives.base import Batch, Forward, Objective
@@ -26,6 +27,7 @@ REGISTRY: dict[str, Factory] = {
     'classification': classification_lib.from_config,
     'multitask': multitask_lib.from_config,
     'mlm': mlm_lib.from_config,
+    'mae': mae_lib.from_config,
 }
 
 # The constructors, for code that builds an objective without a config (tests, benchmarks).
