@@ -119,10 +119,13 @@ def main(_):
                    + [(f'{w}/multitask', make(w, TASKS)) for w in checks], FLAGS.workdir)
     rule = (f'Rule: each network\'s lr (the shared one, each task\'s own) tuned at width {t} and used at every width; '
             'check — the shared network tuned at its own width picks ' + ', '.join(
-                f'{tuned[f"{w}/multitask"]:g} at {w}' for w in checks) + f' (the rule gives {tuned[f"{t}/multitask"]:g}).')
+                f'{tuned[f"{w}/multitask"]:g} at {w}' for w in checks) + f' (the rule gives {tuned[f"{t}/multitask"]:g}); '
+            'the shared network runs at its own width\'s lr.')
   else:
     rule = 'Every cell\'s lr tuned on its own.'
-  at = lambda w, names: None if tuned is None else {f'{w}/{n}': tuned[f'{FLAGS.tune_width}/{n}'] for n in names}
+  # A cell tuned on its own (the shared network at the check widths) runs at its own lr, as in 6a.
+  at = lambda w, names: None if tuned is None else {
+      f'{w}/{n}': tuned.get(f'{w}/{n}', tuned[f'{FLAGS.tune_width}/{n}']) for n in names}
   for w in FLAGS.widths:
     g = R.grid([(f'{w}/multitask', make(w, TASKS))], FLAGS.seeds, FLAGS.workdir, lrs=at(w, ['multitask']))
     mtl[w] = g.values[f'{w}/multitask']
