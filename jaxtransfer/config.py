@@ -93,6 +93,21 @@ def base() -> ml_collections.ConfigDict:
   c.mae.decoder_depth = 1
   c.mae.decoder_heads = 4
 
+  c.simclr = ml_collections.ConfigDict()   # objective='simclr': joint embedding (objectives/simclr.py)
+  c.simclr.temperature = 0.1            # NT-Xent temperature
+  c.simclr.proj_hidden = 256            # the projection head (an MLP, dropped at transfer): hidden width, output
+  c.simclr.proj_dim = 64
+  c.views = ml_collections.ConfigDict()   # the random views made in the step (views.py ViewConfig)
+  c.views.crop_scale = (0.5, 1.0)       # random resized crop: area fraction, aspect ratio range
+  c.views.ratio = (3 / 4, 4 / 3)
+  c.views.rotate = 15.0                 # degrees, uniform in ±
+  c.views.shear = 10.0                  # degrees, uniform in ±
+  c.views.translate = 0.1               # fraction of the image size, uniform in ±
+  c.views.stroke = 0.4                  # probability of a thicker (half) or thinner (half) stroke: 3×3 dilation/erosion
+  c.views.contrast = 0.4                # contrast factor uniform in [1 − c, 1 + c]
+  c.views.brightness = 0.2              # shift uniform in ± b × the image's range
+  c.views.flip = False                  # random left-right flip (not for digits)
+
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir
   c.transfer.drop_last_blocks = 0       # remove the last k backbone blocks before attaching the head
@@ -249,6 +264,15 @@ RANGES = {
     'mae.decoder_width': (1, None, True, True),
     'mae.decoder_depth': (0, None, True, True),
     'mae.decoder_heads': (1, None, True, True),
+    'simclr.temperature': (0.0, None, False, True),
+    'simclr.proj_hidden': (0, None, True, True),
+    'simclr.proj_dim': (1, None, True, True),
+    'views.rotate': (0.0, 180.0, True, True),
+    'views.shear': (0.0, 60.0, True, True),
+    'views.translate': (0.0, 1.0, True, True),
+    'views.stroke': (0.0, 1.0, True, True),
+    'views.contrast': (0.0, 1.0, True, True),
+    'views.brightness': (0.0, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
 _ABSENT = object()

@@ -19,6 +19,7 @@ from jaxtransfer.objectives import classification as classification_lib
 from jaxtransfer.objectives import mae as mae_lib
 from jaxtransfer.objectives import mlm as mlm_lib
 from jaxtransfer.objectives import multitask as multitask_lib
+from jaxtransfer.objectives import simclr as simclr_lib
 from jaxtransfer.objectives.base import Batch, Forward, Objective
 
 Factory = Callable[[ml_collections.ConfigDict], Objective]
@@ -28,6 +29,7 @@ REGISTRY: dict[str, Factory] = {
     'multitask': multitask_lib.from_config,
     'mlm': mlm_lib.from_config,
     'mae': mae_lib.from_config,
+    'simclr': simclr_lib.from_config,
 }
 
 # The constructors, for code that builds an objective without a config (tests, benchmarks).

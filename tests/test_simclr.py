@@ -1,0 +1,112 @@
+"""Joint-embedding pretraining (issue #17, item 2): random views made in the step — different, reproducible
+per key, the identity when nothing may change — NT-Xent's terms, and SimCLR through THE loop on any backbone,
+resumable bit-identically, its projection head dropped at transfer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtransfer import config as config_lib, errors, rules, train, views
+from jaxtransfer.objectives import simclr
+
+IDENTITY = views.ViewConfig(crop_scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate=0.0, shear=0.0, translate=0.0,
+                            stroke=0.0, contrast=0.0, brightness=0.0)
+
+
+def digits(n=4, size=28):
+  """Bars of different positions and widths on a black background (glyph-like test images)."""
+  x = np.zeros((n, size, size, 1), np.float32)
+  for i in range(n):
+    x[i, 4 + 3 * i:10 + 3 * i, 6:22] = 1.0
+    x[i, 6:22, 12 + i:14 + 2 * i] = 1.0
+  return jnp.asarray(x)
+
+
+def test_views_differ_and_are_reproducible_per_key():
+  x = digits()
+  v1, v2 = views.two_views(x, jax.random.key(0), views.ViewConfig())
+  assert v1.shape == x.shape and np.isfinite(v1).all()
+  assert np.abs(np.asarray(v1) - np.asarray(v2)).mean() > 0.02          # the two views differ
+  assert np.abs(np.asarray(v1) - np.asarray(x)).mean() > 0.02           # and from the image
+  again = views.two_views(x, jax.random.key(0), views.ViewConfig())
+  np.testing.assert_array_equal(again[0], v1)
+  np.testing.assert_array_equal(again[1], v2)
+  other = views.two_views(x, jax.random.key(1), views.ViewConfig())[0]
+  assert not np.allclose(other, v1)
+  # Each image its own draw: the same image twice in a batch gets two different views.
+  pair = views.random_views(jnp.stack([x[0], x[0]]), jax.random.key(2), views.ViewConfig())
+  assert not np.allclose(pair[0], pair[1])
+
+
+def test_a_view_that_may_change_nothing_is_the_image():
+  x = digits()
+  np.testing.assert_allclose(views.random_views(x, jax.random.key(3), IDENTITY), x, atol=1e-6)
+
+
+def test_stroke_width_thickens_or_thins_the_ink():
+  x = digits()[0]
+  thick = views.random_view(x, jax.random.key(0), views.ViewConfig(**{**IDENTITY.__dict__, 'stroke': 1.0}))
+  thin = views._stroke(x, jnp.float32(0.99), 1.0)
+  fat = views._stroke(x, jnp.float32(0.01), 1.0)
+  assert float(fat.sum()) > float(x.sum()) > float(thin.sum())
+  assert float(thick.sum()) in (pytest.approx(float(fat.sum())), pytest.approx(float(thin.sum())))
+
+
+def test_bad_view_config_is_one_line():
+  with pytest.raises(errors.ConfigError, match='views.crop_scale'):
+    views.ViewConfig(crop_scale=(0.0, 1.0))
+
+
+def test_pair_terms_match_optax_ntxent_and_find_twins():
+  z = jax.random.normal(jax.random.key(0), (8, 5))
+  nll, top1 = simclr.pair_terms(z, 0.5)
+  labels = jnp.concatenate([jnp.arange(4), jnp.arange(4)])
+  np.testing.assert_allclose(nll.mean(), optax.losses.ntxent(z, labels, 0.5), rtol=1e-5)
+  twins = jnp.concatenate([z[:4], z[:4] + 1e-3])           # each view's twin is (almost) itself
+  nll2, top2 = simclr.pair_terms(twins, 0.5)
+  np.testing.assert_array_equal(top2, 1.0)
+  assert float(nll2.mean()) < float(nll.mean())
+  # An invalid row (eval padding) is no one's negative and scores 0.
+  valid = jnp.array([True, True, True, False] * 2)
+  nll3, top3 = simclr.pair_terms(z, 0.5, valid)
+  assert float(nll3[3]) == 0.0 and float(top3[7]) == 0.0
+  sub = jnp.concatenate([z[:3], z[4:7]])
+  np.testing.assert_allclose(nll3[jnp.array([0, 1, 2, 4, 5, 6])], simclr.pair_terms(sub, 0.5)[0], rtol=1e-5)
+
+
+TINY = {'name': 'cnn', 'stages': [4, 8], 'dense': [16]}
+
+
+def simclr_config(data_dir, steps):
+  c = config_lib.base()
+  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:64]'
+  c.objective, c.model.backbone = 'simclr', dict(TINY)
+  c.simclr.proj_hidden, c.simclr.proj_dim = 16, 8
+  c.optim.lr, c.optim.warmup_steps = 3e-3, 2
+  c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = steps, 32, 2, 2
+  c.train.eval_batch_size = 32
+  return c
+
+
+def test_simclr_through_the_loop_resumes_bit_identically_and_transfers(data_dir, tmp_path):
+  whole = train.train(simclr_config(data_dir, 4), str(tmp_path / 'whole'))
+  assert 0 <= whole.metrics['pair_accuracy'] <= 1 and np.isfinite(whole.metrics['loss'])
+  train.train(simclr_config(data_dir, 4), str(tmp_path / 'split'), stop_after=2)   # preempted, then resumed
+  resumed = train.train(simclr_config(data_dir, 4), str(tmp_path / 'split'))
+  assert resumed.init == 'resume'
+  for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  saved = rules.flatten(whole.params)
+  assert {k for k in saved if k.startswith('head/')} >= {'head/layer_0/kernel', 'head/out/kernel'}
+
+  c = config_lib.base()
+  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:64]'
+  c.model.backbone, c.transfer.init_from, c.trainable = {}, str(tmp_path / 'whole'), 'head'
+  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 16, 1, 1
+  probe = rules.flatten(train.train(c, str(tmp_path / 'probe')).params)
+  assert {k for k in probe if k.startswith('head/')} == {'head/out/kernel', 'head/out/bias'}   # projection gone
+  for k, v in saved.items():
+    if k.startswith('backbone/'):
+      np.testing.assert_array_equal(probe[k], v, err_msg=k)
