@@ -63,10 +63,13 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   # LoRA: Adam state held under backbone/ is exactly mu and nu of the adapters (none for the frozen base).
   assert res['lora_opt_state_over_adapter_bytes'] == 2.0
   assert 0 < raw['lora']['trainable_fraction'] < 0.1
-  # MAE: the key is the ratio of the two medians, and the masked step does fewer FLOPs than the full one.
-  a = raw['mae']['raw']
+  # Self-supervised: each key is its two medians' ratio; MAE's step does fewer FLOPs than the full encoder's,
+  # SimCLR's (two views) more than the supervised one's.
+  a = raw['self_supervised']['raw']
   assert res['mae_step_over_full_encoder_step'] == pytest.approx(a['median_ms']['mae'] / a['median_ms']['full'], rel=1e-2)
-  assert 0 < a['flops_ratio'] < 1, a['flops']
+  assert res['ssl_step_over_supervised_step'] == pytest.approx(a['median_ms']['simclr'] / a['median_ms']['supervised'],
+                                                               rel=1e-2)
+  assert 0 < a['flops_ratio']['mae/full'] < 1 < a['flops_ratio']['simclr/supervised'], a['flops']
   md = (out / 'bench.md').read_text()
   assert all(k in md for k in bench.TOP_KEYS)
 

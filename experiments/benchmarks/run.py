@@ -6,7 +6,7 @@ extra, `pip install -c constraints.txt -e '.[convert]'`):
   JAXTRANSFER_TORCH_PYTHON=/tmp/torchvenv/bin/python python -m experiments.benchmarks.run --out=runs/bench
   python -m experiments.benchmarks.run --quick --out=/tmp/bench        # ≈ 30 s, what the test runs
 
-Writes `<out>/bench.json` and `<out>/bench.md`. The JSON's top level holds exactly these ten keys (`TOP_KEYS`),
+Writes `<out>/bench.json` and `<out>/bench.md`. The JSON's top level holds exactly these eleven keys (`TOP_KEYS`),
 each computed from measurements in its `raw` section:
 
   full_step_jax_over_torch          JAX full fine-tune step / PyTorch eager step, demo CNN, largest batch
@@ -41,7 +41,10 @@ each computed from measurements in its `raw` section:
                                     lora.py (`raw.lora`, with the trainable fraction)
   mae_step_over_full_encoder_step   the masked-autoencoding step (75 % of 49 patches hidden, light decoder) /
                                     the full-encoder classification step of the same patch encoder, same
-                                    rounds (target ≤ 0.4) — experiments/benchmarks/mae.py (`raw.mae`)
+                                    rounds (target ≤ 0.4) — experiments/benchmarks/self_supervised.py
+  ssl_step_over_supervised_step     the SimCLR step (two views made in the step) / the supervised step of
+                                    the demo CNN, same rounds (target ≤ 2.3) — the same module
+                                    (`raw.self_supervised` for both)
 
 What is timed is THE code of the training loop: `steps.make_train_step(model, optim.make(...), frozen)`
 jitted with the loop's buffer donation, `model.apply` for the forward, `catalog`/`pipeline` for data.
@@ -68,15 +71,15 @@ import sys
 import time
 from typing import Any
 
-from experiments.benchmarks import lora, mae, mlm, report
+from experiments.benchmarks import lora, mlm, report, self_supervised
 
 TOP_KEYS = ('full_step_jax_over_torch', 'head_only_over_forward', 'pipeline_over_in_memory',
             'train_gflops_over_matmul_gflops', 'adam_state_over_trainable_bytes') + mlm.TOP_KEYS + (
-                'lora_opt_state_over_adapter_bytes', mae.KEY)
+                'lora_opt_state_over_adapter_bytes') + self_supervised.KEYS
 TARGETS = {'full_step_jax_over_torch': '<= 0.8', 'head_only_over_forward': '<= 1.10',
            'pipeline_over_in_memory': '<= 1.05', 'train_gflops_over_matmul_gflops': '>= 0.5',
            'adam_state_over_trainable_bytes': '== 2.0', **mlm.TARGETS, 'lora_opt_state_over_adapter_bytes': '== 2.0',
-           mae.KEY: mae.TARGET}
+           **self_supervised.TARGETS}
 LORA_QUICK = {'size': 'tiny', 'vocab_size': 1000, 'rank': 8}     # --quick: the same count on the 2 × 128 encoder
 TORCH_ENV = 'JAXTRANSFER_TORCH_PYTHON'
 
@@ -547,8 +550,8 @@ def bench(args) -> dict:
   phase('mlm')
   lora_res = lora.measure(**LORA_QUICK) if q else lora.measure()
   phase('lora')
-  mae_res = mae.run(rounds, quick=q)
-  phase('mae')
+  ssl_res = self_supervised.run(rounds, quick=q)
+  phase('self_supervised')
   experiments = None
   if args.experiments and not q:
     print('experiments (subprocesses) ...', flush=True)
@@ -565,7 +568,7 @@ def bench(args) -> dict:
       'adam_state_over_trainable_bytes': adam['last:1']['ratio'],
       **{k: mlm_res[k] for k in mlm.TOP_KEYS},
       'lora_opt_state_over_adapter_bytes': lora_res['lora_opt_state_over_adapter_bytes'],
-      mae.KEY: mae_res[mae.KEY],
+      **{k: ssl_res[k] for k in self_supervised.KEYS},
   }
   ratios_all = {}
   for bname in backbones:
@@ -591,7 +594,7 @@ def bench(args) -> dict:
                   'loadavg_end': [round(x, 2) for x in os.getloadavg()]},
       'timings': timings, 'ratios': ratios_all, 'gflops': gflops, 'adam_bytes': adam, 'pipeline': pipe,
       'torch': torch_info, 'experiments': experiments, 'seconds': round(time.time() - started, 1), 'phase_seconds': phases,
-      'mlm': mlm_res, 'lora': lora_res, 'mae': mae_res,
+      'mlm': mlm_res, 'lora': lora_res, 'self_supervised': ssl_res,
   }
   del np
   return result
@@ -629,8 +632,8 @@ def markdown(res: dict) -> str:
     lines += ['', '#' + mlm.markdown(raw['mlm'])]
   if raw.get('lora'):
     lines += ['', '#' + lora.markdown(raw['lora'])]
-  if raw.get('mae'):
-    lines += ['', '#' + mae.markdown(raw['mae'])]
+  if raw.get('self_supervised'):
+    lines += ['', '#' + self_supervised.markdown(raw['self_supervised'])]
   if raw.get('experiments'):
     lines += ['', '## Speed experiments', '', raw['experiments']['what'], '',
               '| variant | XLA flags / env | best median ms | speed-up | page faults / step | system ms / step |',
