@@ -38,6 +38,7 @@ def base() -> ml_collections.ConfigDict:
   c.input.resize_policy = 'crop'        # 'crop' | 'pad' | 'stretch'
   c.input.random_crop = ''              # '' | 'H' | 'HxW': random window in training, centre window in eval
   c.input.flip = False                  # random left-right flip in training
+  c.input.augment = False               # each training image → a random view of itself (config.views), in the step
   c.input.normalize = ''                # '' | 'imagenet' | 'inception' | 'efficientnet_lite'
 
   # Text datasets (a 'text' feature, e.g. 'wikitext2', 'sentiment_sentences/both', 'textfile:<path>'):

@@ -226,7 +226,7 @@ def cache_blocker(config: ml_collections.ConfigDict, objective: objectives.Objec
   It can when the features of an example are the same at every step and are all the loss sees: the
   run starts from `transfer.init_from` (or resumes such a run); every backbone parameter is frozen and
   sits in a block (frozen blocks run in inference mode: BatchNorm on running averages, no dropout); no
-  augmentation (`input.random_crop`, `input.flip`); and the objective's loss and predictions are the
+  augmentation (`input.random_crop`, `input.flip`, `input.augment`); and the objective's loss and predictions are the
   head's outputs on `batch['image']` (the default `Objective.grads` and `predict`: classification).
   """
   backbone_labels = jax.tree_util.tree_leaves(labels.get('backbone', {}))
@@ -242,6 +242,8 @@ def cache_blocker(config: ml_collections.ConfigDict, objective: objectives.Objec
     return f'backbone variables outside its blocks ({", ".join(sorted(outside))})'
   if pre.augments:
     return 'augmentation (input.random_crop / input.flip)'
+  if config.input.get('augment', False):
+    return 'augmentation (input.augment: random views made in the step)'
   kind = type(objective)
   if (kind.grads is not objectives.Objective.grads or kind.predict is not objectives.Objective.predict
       or objective.input_key is not None):

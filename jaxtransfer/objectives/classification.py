@@ -1,13 +1,21 @@
-"""Single-label classification: softmax cross-entropy on one head, accuracy; k examples per class."""
+"""Single-label classification: softmax cross-entropy on one head, accuracy; k examples per class.
 
+With `input.augment` each training image is replaced, inside the jitted step, by a random view of itself
+(`views.random_views` at `config.views`: random resized crop, rotation, shear, translation, stroke width,
+contrast) drawn from the step key — reproducible per (seed, step), resumable bit-identically; evaluation sees
+the plain images. For supervised pretraining that should not depend on one framing of its images.
+"""
+
+import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import errors, losses
+from jaxtransfer import errors, losses, views
 from jaxtransfer.data import catalog, fewshot
 from jaxtransfer.objectives import base
 
@@ -60,11 +68,24 @@ class Classification(base.Objective):
                            f'{config.data} split {config.input.train_split}')
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentedClassification(Classification):
+  """Classification on a random view of each training image (module docstring)."""
+  view_config: views.ViewConfig = views.ViewConfig()
+
+  def grads(self, fwd, trainable, state, batch, key):
+    k_views, key = jax.random.split(key)
+    batch = {**batch, 'image': views.random_views(batch['image'], k_views, self.view_config)}
+    return super().grads(fwd, trainable, state, batch, key)
+
+
 def classification() -> Classification:
   """Single-label classification: softmax cross-entropy, accuracy."""
   return Classification()
 
 
 def from_config(config: ml_collections.ConfigDict) -> Classification:
-  del config
+  """Classification; with `input.augment`, on random views of the training images (`config.views`)."""
+  if config.input.get('augment', False):
+    return AugmentedClassification(views.from_config(config.get('views', {})))
   return Classification()
