@@ -13,6 +13,8 @@ Names are '<builder>' or '<builder>/<config>': `glyphs`, `glyphs/small`, `real_d
 Two more kinds of name (see `docs` in `builders/imagefolder.py` and `_TfdsSource`):
   * 'imagefolder:<dir>[?size=224&resize=crop&channels=3&test=0.2&seed=0]' — your own folder of images,
     prepared once into `data_dir` and prepared again when its files change;
+  * 'pool:<name>+<name>…' — the same split of several datasets read as one (`pool.py`), e.g. every
+    unlabelled digit for self-supervised pretraining: 'pool:real_digits+real_digits/usps';
   * 'multilabel:<table or dir>[?size=…&classes=…&hide=…]' — images with several partly unknown labels each
     (a CSV/TSV label table or a YOLO label folder, `builders/multilabel.py`), prepared like imagefolder;
   * 'tfds:<name>[:<config>][?size=H[xW]&resize=crop|pad|stretch]' (or <name>/<config>, TFDS's spelling) —
@@ -48,7 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxtransfer import errors
-from jaxtransfer.data import preprocess
+from jaxtransfer.data import pool, preprocess
 from jaxtransfer.data.builders import glyphs, imagefolder, multilabel, real_digits, scenes, text
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,8 @@ def known_names() -> list[str]:
   for name, cls in BUILDERS.items():
     names.append(name)
     names += [f'{name}/{c.name}' for c in cls.BUILDER_CONFIGS]
-  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>', 'multilabel:<table or dir>', 'textfile:<path>']
+  return names + ['tfds:<name>[:<config>]', 'imagefolder:<dir>', 'multilabel:<table or dir>', 'textfile:<path>',
+                  'pool:<name>+<name>…']
 
 
 TFDS_PREFIX = 'tfds:'
@@ -241,6 +244,9 @@ def load(name: str, split: str, *, data_dir: str | None = None,
   Prepares the dataset on first use (`manual_dir` is only needed for configs that read
   local files, i.e. real_digits/mnist_t10k).
   """
+  if name.startswith(pool.PREFIX):
+    info(name, data_dir, manual_dir=manual_dir)     # the members' image shapes agree
+    return pool.ConcatSource([load(m, split, data_dir=data_dir, manual_dir=manual_dir) for m in pool.members(name)])
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   check_split(b, name, split)
   if _kind(name) == 'tfds':
@@ -406,7 +412,16 @@ class DatasetSummary:
 
 def info(name: str, data_dir: str | None = None, *,
          manual_dir: str | None = None) -> DatasetSummary:
-  """Number of classes, class names, image shape and split sizes (prepares if needed)."""
+  """Number of classes, class names, image shape and split sizes (prepares if needed). A pool: its first
+  member's classes, the members' common image shape, the summed split sizes."""
+  if name.startswith(pool.PREFIX):
+    parts = [info(m, data_dir, manual_dir=manual_dir) for m in pool.members(name)]
+    for m, p in zip(pool.members(name)[1:], parts[1:]):
+      if p.image_shape != parts[0].image_shape:
+        raise errors.DataError(f'{name}: {pool.members(name)[0]} has images {parts[0].image_shape} but {m} '
+                               f'{p.image_shape}; a pool needs one image shape')
+    splits = {k: sum(p.splits.get(k, 0) for p in parts) for k in parts[0].splits}
+    return dataclasses.replace(parts[0], name=name, splits=splits)
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   image_key, label_key = _supervised_keys(b) if _kind(name) == 'tfds' else ('image', 'label')
   # Multi-label datasets (scenes) have no single class label: 0 classes, the task names as class names.
@@ -440,6 +455,8 @@ def labels(name: str, split: str, data_dir: str | None = None, *,
   Fast path: reads the raw records and parses only the label out of each serialized
   tf.train.Example (~20x faster than decoding the images too); cached per process.
   """
+  if name.startswith(pool.PREFIX):
+    return np.concatenate([labels(m, split, data_dir, manual_dir=manual_dir) for m in pool.members(name)])
   b = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   if _kind(name) == 'tfds':
     src = load(name, split, data_dir=data_dir, manual_dir=manual_dir)

