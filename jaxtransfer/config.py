@@ -109,6 +109,12 @@ def base() -> ml_collections.ConfigDict:
   c.views.brightness = 0.2              # shift uniform in ± b × the image's range
   c.views.flip = False                  # random left-right flip (not for digits)
 
+  c.monitor = ml_collections.ConfigDict()   # feature monitors at every evaluation (monitors.py)
+  c.monitor.knn_data = ''               # a labelled dataset ('' = off): weighted k-NN accuracy of the backbone's
+  c.monitor.knn_train_split = 'train[:1000]'   # features, these examples voting for
+  c.monitor.knn_eval_split = 'test[:500]'      # these ones (metric eval/knn_accuracy)
+  c.monitor.knn_k = 20
+
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir
   c.transfer.drop_last_blocks = 0       # remove the last k backbone blocks before attaching the head
@@ -265,6 +271,7 @@ RANGES = {
     'mae.decoder_width': (1, None, True, True),
     'mae.decoder_depth': (0, None, True, True),
     'mae.decoder_heads': (1, None, True, True),
+    'monitor.knn_k': (1, None, True, True),
     'simclr.temperature': (0.0, None, False, True),
     'simclr.proj_hidden': (0, None, True, True),
     'simclr.proj_dim': (1, None, True, True),

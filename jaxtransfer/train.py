@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import (checkpoint, config as config_lib, errors, features, memory, objectives,
+from jaxtransfer import (checkpoint, config as config_lib, errors, features, memory, monitors, objectives,
                          optim, rules, sharding, steps, transfer)
 from jaxtransfer.data import catalog, pipeline, preprocess
 from jaxtransfer.models import model as model_lib
@@ -230,6 +230,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
                             indices, pre, mesh)
   if cached is not None:
     model, train_source, eval_source, indices, pre = cached.model, cached.train_source, cached.eval_source, None, None
+  # config.monitor: a k-NN probe of the backbone's features at every evaluation (a frozen backbone's never change).
+  monitor = monitors.from_config(config, info.image_shape) if info.image_shape and cached is None else None
+  evaluate = lambda: {**steps.evaluate(eval_step, objective, params, batch_stats, eval_source, eval_batch_size, mesh,
+                                       pre), **(monitor(spec, params, batch_stats) if monitor is not None else {})}
   # Freezing schedules (gradual unfreezing, LP-FT) change the frozen blocks at these optimizer steps; the
   # step is recompiled there so BatchNorm of a not-yet-trained block stays in inference mode.
   starts = optim.start_steps(config.optim, labels)
@@ -268,8 +272,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
           progress.log(step, metrics)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.steps:
         check_finite()
-        result = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, eval_batch_size,
-                                mesh, pre)
+        result = evaluate()
         writer.write(step, {f'eval/{k}': v for k, v in result.items()})
       if step % config.train.checkpoint_every == 0 or step == config.train.steps:
         check_finite()                                  # never save a non-finite state
@@ -278,12 +281,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
         check_finite()
         return Outcome(params, batch_stats, opt_state, step, init, {})
     check_finite()
-    final = steps.evaluate(eval_step, objective, params, batch_stats, eval_source, eval_batch_size,
-                           mesh, pre)
+    final = evaluate()
     writer.write(step, {f'eval/{k}': v for k, v in final.items()})
     log.info('%s: step %d eval %s', workdir, step, ', '.join(
         f'{k} {v:.4f}' for k, v in final.items()
-        if k in ('accuracy', 'mean_ap', 'masked_accuracy', 'perplexity', 'loss', 'count')))
+        if k in ('accuracy', 'mean_ap', 'masked_accuracy', 'perplexity', 'loss', 'knn_accuracy', 'count')))
     if sharding.is_main_process():
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         json.dump(config.to_dict(), f, indent=1, default=str)

@@ -2,6 +2,8 @@
 per key, the identity when nothing may change — NT-Xent's terms, and SimCLR through THE loop on any backbone,
 resumable bit-identically, its projection head dropped at transfer."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,8 +103,13 @@ def simclr_config(data_dir, steps):
 
 
 def test_simclr_through_the_loop_resumes_bit_identically_and_transfers(data_dir, tmp_path):
-  whole = train.train(simclr_config(data_dir, 4), str(tmp_path / 'whole'))
+  c = simclr_config(data_dir, 4)
+  c.monitor.knn_data, c.monitor.knn_train_split, c.monitor.knn_eval_split = 'glyphs/small', 'train[:200]', 'test[:100]'
+  whole = train.train(c, str(tmp_path / 'whole'))
   assert 0 <= whole.metrics['pair_accuracy'] <= 1 and np.isfinite(whole.metrics['loss'])
+  assert 0 < whole.metrics['knn_accuracy'] <= 1                    # the k-NN monitor, at the final evaluation
+  logged = [json.loads(x) for x in open(tmp_path / 'whole' / 'metrics.jsonl')]
+  assert any('eval/knn_accuracy' in x for x in logged)
   train.train(simclr_config(data_dir, 4), str(tmp_path / 'split'), stop_after=2)   # preempted, then resumed
   resumed = train.train(simclr_config(data_dir, 4), str(tmp_path / 'split'))
   assert resumed.init == 'resume'
@@ -145,3 +152,16 @@ def test_supervised_augmentation_trains_on_random_views_of_the_batch():
     np.testing.assert_array_equal(a, b)
   variables = model_lib.variables(params, {})
   np.testing.assert_array_equal(augmented.predict(model, variables, batch), plain.predict(model, variables, batch))
+
+
+def test_knn_accuracy_votes_with_the_nearest_neighbours():
+  from jaxtransfer import features, monitors
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 8)) * 5
+  y_tr, y_te = rng.integers(0, 3, 300), rng.integers(0, 3, 100)
+  train_f = features.Features(centres[y_tr] + rng.normal(size=(300, 8)), y_tr)
+  test_f = features.Features(centres[y_te] + rng.normal(size=(100, 8)), y_te)
+  assert monitors.knn_accuracy(train_f, test_f, k=20) == 1.0
+  shuffled = features.Features(train_f.x, rng.permutation(y_tr))          # labels unrelated to the features
+  assert monitors.knn_accuracy(shuffled, test_f, k=20) < 0.6
+  assert monitors.knn_accuracy(train_f, test_f, k=1000) > 0.3              # k larger than the split: all vote
