@@ -114,6 +114,8 @@ def base() -> ml_collections.ConfigDict:
   c.monitor.knn_train_split = 'train[:1000]'   # features, these examples voting for
   c.monitor.knn_eval_split = 'test[:500]'      # these ones (metric eval/knn_accuracy)
   c.monitor.knn_k = 20
+  c.monitor.online_probe = False        # mae/simclr: a linear probe trained in the step on stop-gradient features
+                                        # with the batch's labels (online_probe.py; train/probe_accuracy)
 
   c.transfer = ml_collections.ConfigDict()
   c.transfer.init_from = ''             # a pretraining workdir, its checkpoints/ dir, or one step dir

@@ -96,10 +96,16 @@ def mae_config(data_dir):
 
 
 def test_mae_pretrains_through_the_loop_and_transfer_drops_the_decoder(data_dir, tmp_path):
-  out = train.train(mae_config(data_dir), str(tmp_path / 'mae'))
+  c = mae_config(data_dir)
+  c.monitor.online_probe = True
+  out = train.train(c, str(tmp_path / 'mae'))
   assert np.isfinite(out.metrics['loss']) and out.metrics['hidden_patches'] == 64 * 12
-  losses = [r['train/loss'] for r in map(json.loads, open(tmp_path / 'mae' / 'metrics.jsonl')) if 'train/loss' in r]
+  logged = [json.loads(x) for x in open(tmp_path / 'mae' / 'metrics.jsonl')]
+  losses = [r['train/loss'] for r in logged if 'train/loss' in r]
   assert np.mean(losses[-2:]) < 0.9 * losses[0]             # reconstruction improves
+  probe = [r['train/probe_accuracy'] for r in logged if 'train/probe_accuracy' in r]
+  assert len(probe) == len(losses) and all(0 <= p <= 1 for p in probe)       # the online probe, in the state
+  assert np.abs(np.asarray(out.opt_state['probe']['params']['kernel'])).sum() > 0
   saved = rules.flatten(out.params)
   assert any(k.startswith('head/layer_0/') for k in saved) and 'head/mask_token' in saved
 

@@ -165,3 +165,27 @@ def test_knn_accuracy_votes_with_the_nearest_neighbours():
   shuffled = features.Features(train_f.x, rng.permutation(y_tr))          # labels unrelated to the features
   assert monitors.knn_accuracy(shuffled, test_f, k=20) < 0.6
   assert monitors.knn_accuracy(train_f, test_f, k=1000) > 0.3              # k larger than the split: all vote
+
+
+def test_the_online_probe_sends_no_gradient_into_the_backbone(data_dir):
+  """monitor.online_probe: the same gradients with and without the probe (stop-gradient), and the probe —
+  in the objective state — learns from the batch's labels."""
+  from jaxtransfer import objectives, steps
+  from jaxtransfer.models import model as model_lib
+  c = simclr_config(data_dir, 4)
+  off = objectives.from_config(c)
+  c.monitor.online_probe = True
+  on = objectives.from_config(c)
+  assert on.probe_classes == 62 and on.has_state and not off.has_state
+  model = model_lib.build(steps.model_spec(c, 8, on))
+  params = model_lib.init(model, jax.random.key(0), (28, 28, 1))['params']
+  state = on.init_state(params)
+  batch = {'image': jnp.concatenate([digits()] * 2), 'label': jnp.arange(8), 'mask': jnp.ones(8)}
+  fwd = objectives.Forward(model, {}, (), {})
+  g_off, _, _, m_off = off.grads(fwd, params, {}, batch, jax.random.key(1))
+  g_on, _, new_state, m_on = on.grads(fwd, params, state, batch, jax.random.key(1))
+  for a, b in zip(jax.tree_util.tree_leaves(g_off), jax.tree_util.tree_leaves(g_on)):
+    np.testing.assert_array_equal(a, b)
+  assert float(m_on['loss']) == float(m_off['loss']) and 'probe_accuracy' in m_on
+  assert np.abs(np.asarray(new_state['probe']['params']['kernel'])).sum() > 0     # the probe moved
+  np.testing.assert_array_equal(state['probe']['params']['kernel'], 0)

@@ -51,16 +51,21 @@ class Model(nn.Module):
 
 
   def reconstruct(self, x: jax.Array, keep: jax.Array, restore: jax.Array, *, train: bool = False,
-                  frozen: Sequence[str] = ()) -> jax.Array:
+                  frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
     """Masked autoencoding: the encoder on the patches `keep` (B, V) only, then the head (`MAEHead`) on their
     outputs with `restore` (B, N) — where each of the N patches sits in [kept…, masked…] — predicting all N
-    patches (B, N, p·p·C)."""
+    patches: (B, N, p·p·C), and the mean of the visible patches' outputs (B, width) for an online probe."""
     if not hasattr(self.backbone, 'encode'):
       raise errors.ConfigError(f'{type(self.backbone).__name__} has no per-patch outputs: masked autoencoding '
                                'needs a transformer backbone with stem=patches')
     seq, _ = self.backbone.encode(x, train=train, frozen=frozen, keep=keep)
     seq = seq[:, seq.shape[1] - keep.shape[1]:]    # without the [CLS] vector (pool='cls'): patches only
-    return self.head(seq, restore=restore, train=train)
+    return self.head(seq, restore=restore, train=train), jnp.mean(seq, axis=1)
+
+  def embed(self, x: jax.Array, *, train: bool = False, frozen: Sequence[str] = ()) -> tuple[jax.Array, jax.Array]:
+    """(backbone features, head outputs): a joint-embedding objective's projections and what a probe reads."""
+    feats = self.features(x, train=train, frozen=frozen)
+    return feats, self.head(feats, train=train)
 
 
 def _build_part(registry: Mapping[str, type[nn.Module]], spec: Mapping[str, Any], what: str) -> nn.Module:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtransfer import errors
+from jaxtransfer import errors, online_probe
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import base
 
@@ -82,6 +82,7 @@ class MaskedAutoencoder(base.Objective):
   decoder_width: int = 64
   decoder_depth: int = 1
   decoder_heads: int = 4
+  probe_classes: int = 0     # > 0: an online linear probe on the visible patches' mean output (online_probe.py)
 
   name = 'mae'
   input_key = 'image'
@@ -106,20 +107,31 @@ class MaskedAutoencoder(base.Objective):
     target = patch_targets(images, self.patch_size, self.norm_pix)
 
     def loss_fn(p):
-      pred, new_stats = fwd.apply(p, images, k_dropout, method=model_lib.Model.reconstruct, keep=keep,
-                                  restore=restore)
+      (pred, feats), new_stats = fwd.apply(p, images, k_dropout, method=model_lib.Model.reconstruct, keep=keep,
+                                           restore=restore)
       err, count = masked_errors(pred, target, hidden)
-      return jnp.sum(err) / jnp.maximum(jnp.sum(count), 1.0), new_stats
+      return jnp.sum(err) / jnp.maximum(jnp.sum(count), 1.0), (feats, new_stats)
 
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    return grads, new_stats, state, {'loss': loss}
+    (loss, (feats, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    metrics = {'loss': loss}
+    if self.probe_classes:
+      probe, probe_metrics = online_probe.update(state['probe'], feats, batch['label'])
+      state, metrics = {**state, 'probe': probe}, {**metrics, **probe_metrics}
+    return grads, new_stats, state, metrics
+
+  @property
+  def has_state(self) -> bool:
+    return self.probe_classes > 0
+
+  def init_state(self, params):
+    return {'probe': online_probe.init(params['head']['embed']['kernel'].shape[0], self.probe_classes)}
 
   def predict(self, model, variables, batch):
     images = self.inputs(batch)
     n = self._num_patches(images.shape)
     mask_row = lambda k: jax.tree_util.tree_map(lambda x: x[0], random_masking(k, 1, n, self.mask_ratio))
     keep, restore, hidden = jax.vmap(mask_row)(_content_keys(images))
-    pred = model.apply(variables, images, keep, restore, train=False, method=model_lib.Model.reconstruct)
+    pred, _ = model.apply(variables, images, keep, restore, train=False, method=model_lib.Model.reconstruct)
     return pred, hidden
 
   def per_example(self, outputs, batch):
@@ -154,4 +166,5 @@ def from_config(config: ml_collections.ConfigDict) -> MaskedAutoencoder:
   return MaskedAutoencoder(patch_size=int(spec.get('patch_size', 4)), mask_ratio=float(m.get('mask_ratio', 0.75)),
                            norm_pix=bool(m.get('norm_pix', True)), decoder_width=int(m.get('decoder_width', 64)),
                            decoder_depth=int(m.get('decoder_depth', 1)),
-                           decoder_heads=int(m.get('decoder_heads', 4)))
+                           decoder_heads=int(m.get('decoder_heads', 4)), probe_classes=online_probe.num_classes(config))
+

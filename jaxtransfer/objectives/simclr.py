@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtransfer import errors, views
+from jaxtransfer import errors, online_probe, views
+from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import base
 
 
@@ -66,6 +67,7 @@ class SimCLR(base.Objective):
   proj_hidden: int = 256
   proj_dim: int = 64
   view_config: views.ViewConfig = views.ViewConfig()
+  probe_classes: int = 0     # > 0: an online linear probe on the first views' features (online_probe.py)
 
   name = 'simclr'
   input_key = 'image'
@@ -86,12 +88,25 @@ class SimCLR(base.Objective):
     labels = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
 
     def loss_fn(p):
-      z, new_stats = fwd.apply(p, jnp.concatenate([v1, v2]), k_dropout)
-      return optax.losses.ntxent(z.astype(jnp.float32), labels, self.temperature), (z, new_stats)
+      (feats, z), new_stats = fwd.apply(p, jnp.concatenate([v1, v2]), k_dropout, method=model_lib.Model.embed)
+      return optax.losses.ntxent(z.astype(jnp.float32), labels, self.temperature), (feats, z, new_stats)
 
-    (loss, (z, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (loss, (feats, z, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     _, top1 = pair_terms(jax.lax.stop_gradient(z), self.temperature)
-    return grads, new_stats, state, {'loss': loss, 'pair_accuracy': jnp.mean(top1)}
+    metrics = {'loss': loss, 'pair_accuracy': jnp.mean(top1)}
+    if self.probe_classes:
+      probe, probe_metrics = online_probe.update(state['probe'], feats[:b], batch['label'])
+      state, metrics = {**state, 'probe': probe}, {**metrics, **probe_metrics}
+    return grads, new_stats, state, metrics
+
+  @property
+  def has_state(self) -> bool:
+    return self.probe_classes > 0
+
+  def init_state(self, params):
+    head = params['head']
+    first = head['layer_0'] if 'layer_0' in head else head['out']
+    return {'probe': online_probe.init(first['kernel'].shape[0], self.probe_classes)}
 
   def predict(self, model, variables, batch):
     images = self.inputs(batch)
@@ -114,4 +129,5 @@ class SimCLR(base.Objective):
 def from_config(config: ml_collections.ConfigDict) -> SimCLR:
   s = config.get('simclr', ml_collections.ConfigDict())
   return SimCLR(temperature=float(s.get('temperature', 0.1)), proj_hidden=int(s.get('proj_hidden', 256)),
-                proj_dim=int(s.get('proj_dim', 64)), view_config=views.from_config(config.get('views', {})))
+                proj_dim=int(s.get('proj_dim', 64)), view_config=views.from_config(config.get('views', {})),
+                probe_classes=online_probe.num_classes(config))
