@@ -50,3 +50,27 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
   if not n:
     raise errors.ConfigError(f'monitor.online_probe: {config.data} has no class labels to probe with')
   return int(n)
+
+
+class Probed:
+  """Mixin of an objective with an online probe (`probe_classes` > 0): its state and its step. The objective
+  says how wide its features are (`probe_dim`) and calls `with_probe` in its `grads`."""
+  probe_classes: int
+
+  @property
+  def has_state(self) -> bool:
+    return self.probe_classes > 0
+
+  def probe_dim(self, params: Any) -> int:
+    raise NotImplementedError
+
+  def init_state(self, params: Any) -> dict[str, Any]:
+    return {'probe': init(self.probe_dim(params), self.probe_classes)} if self.probe_classes else {}
+
+  def with_probe(self, state: dict[str, Any], metrics: dict[str, jax.Array], feats: jax.Array,
+                 labels: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """(state, metrics) after one probe step on `feats` (no-op without a probe)."""
+    if not self.probe_classes:
+      return state, metrics
+    probe, probe_metrics = update(state['probe'], feats, labels)
+    return {**state, 'probe': probe}, {**metrics, **probe_metrics}

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import transfer_checks
 from jaxtransfer import config as config_lib, errors, objectives, rules, train
-from jaxtransfer.data import catalog
 from jaxtransfer.models import model as model_lib
 from jaxtransfer.objectives import mae
 
@@ -109,13 +109,5 @@ def test_mae_pretrains_through_the_loop_and_transfer_drops_the_decoder(data_dir,
   saved = rules.flatten(out.params)
   assert any(k.startswith('head/layer_0/') for k in saved) and 'head/mask_token' in saved
 
-  c = config_lib.base()
-  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:64]'
-  c.model.backbone, c.transfer.init_from, c.trainable = {}, str(tmp_path / 'mae'), 'head'
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 16, 1, 1
-  probe = rules.flatten(train.train(c, str(tmp_path / 'probe')).params)
-  assert {k for k in probe if k.startswith('head/')} == {'head/out/kernel', 'head/out/bias'}   # decoder gone
-  assert probe['head/out/kernel'].shape == (16, catalog.info('glyphs/small', data_dir=data_dir).num_classes)
-  for k, v in saved.items():   # the backbone restored, and frozen: unchanged by the step
-    if k.startswith('backbone/'):
-      np.testing.assert_array_equal(probe[k], v, err_msg=k)
+  transfer_checks.assert_head_only_transfer_drops_the_head(str(tmp_path / 'mae'), saved, data_dir,
+                                                          str(tmp_path / 'probe'))

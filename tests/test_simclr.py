@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import transfer_checks
 from jaxtransfer import config as config_lib, errors, rules, train, views
 from jaxtransfer.objectives import simclr
 
@@ -118,15 +119,8 @@ def test_simclr_through_the_loop_resumes_bit_identically_and_transfers(data_dir,
   saved = rules.flatten(whole.params)
   assert {k for k in saved if k.startswith('head/')} >= {'head/layer_0/kernel', 'head/out/kernel'}
 
-  c = config_lib.base()
-  c.data, c.input.data_dir, c.input.eval_split = 'glyphs/small', data_dir, 'test[:64]'
-  c.model.backbone, c.transfer.init_from, c.trainable = {}, str(tmp_path / 'whole'), 'head'
-  c.train.steps, c.train.batch_size, c.train.checkpoint_every, c.train.log_every = 1, 16, 1, 1
-  probe = rules.flatten(train.train(c, str(tmp_path / 'probe')).params)
-  assert {k for k in probe if k.startswith('head/')} == {'head/out/kernel', 'head/out/bias'}   # projection gone
-  for k, v in saved.items():
-    if k.startswith('backbone/'):
-      np.testing.assert_array_equal(probe[k], v, err_msg=k)
+  transfer_checks.assert_head_only_transfer_drops_the_head(str(tmp_path / 'whole'), saved, data_dir,
+                                                          str(tmp_path / 'probe'))
 
 
 def test_supervised_augmentation_trains_on_random_views_of_the_batch():

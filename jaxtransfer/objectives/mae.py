@@ -74,7 +74,7 @@ def _content_keys(images: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskedAutoencoder(base.Objective):
+class MaskedAutoencoder(online_probe.Probed, base.Objective):
   """The MAE objective (module docstring). `patch_size` is the encoder's; the head predicts p·p·C pixels."""
   patch_size: int = 4
   mask_ratio: float = 0.75
@@ -113,18 +113,11 @@ class MaskedAutoencoder(base.Objective):
       return jnp.sum(err) / jnp.maximum(jnp.sum(count), 1.0), (feats, new_stats)
 
     (loss, (feats, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    metrics = {'loss': loss}
-    if self.probe_classes:
-      probe, probe_metrics = online_probe.update(state['probe'], feats, batch['label'])
-      state, metrics = {**state, 'probe': probe}, {**metrics, **probe_metrics}
+    state, metrics = self.with_probe(state, {'loss': loss}, feats, batch.get('label'))
     return grads, new_stats, state, metrics
 
-  @property
-  def has_state(self) -> bool:
-    return self.probe_classes > 0
-
-  def init_state(self, params):
-    return {'probe': online_probe.init(params['head']['embed']['kernel'].shape[0], self.probe_classes)}
+  def probe_dim(self, params):
+    return params['head']['embed']['kernel'].shape[0]
 
   def predict(self, model, variables, batch):
     images = self.inputs(batch)

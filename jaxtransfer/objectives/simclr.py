@@ -61,7 +61,7 @@ def _content_key(images: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLR(base.Objective):
+class SimCLR(online_probe.Probed, base.Objective):
   """The SimCLR objective (module docstring)."""
   temperature: float = 0.1
   proj_hidden: int = 256
@@ -93,20 +93,13 @@ class SimCLR(base.Objective):
 
     (loss, (feats, z, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     _, top1 = pair_terms(jax.lax.stop_gradient(z), self.temperature)
-    metrics = {'loss': loss, 'pair_accuracy': jnp.mean(top1)}
-    if self.probe_classes:
-      probe, probe_metrics = online_probe.update(state['probe'], feats[:b], batch['label'])
-      state, metrics = {**state, 'probe': probe}, {**metrics, **probe_metrics}
+    state, metrics = self.with_probe(state, {'loss': loss, 'pair_accuracy': jnp.mean(top1)}, feats[:b],
+                                     batch.get('label'))
     return grads, new_stats, state, metrics
 
-  @property
-  def has_state(self) -> bool:
-    return self.probe_classes > 0
-
-  def init_state(self, params):
+  def probe_dim(self, params):
     head = params['head']
-    first = head['layer_0'] if 'layer_0' in head else head['out']
-    return {'probe': online_probe.init(first['kernel'].shape[0], self.probe_classes)}
+    return (head['layer_0'] if 'layer_0' in head else head['out'])['kernel'].shape[0]
 
   def predict(self, model, variables, batch):
     images = self.inputs(batch)
