@@ -17,12 +17,17 @@ Pretraining data vs test data: the pool holds training images only; the three te
 (1000 MNIST digits), USPS test (2007, full-frame), the MNIST test set (10k) — are never in it
 (tests/test_pool.py compares every image).
 
-Evaluation (what is measured today): the frozen backbone's features, a logistic-regression probe
-(`features.logistic_probe`, L-BFGS to convergence) trained on 1 / 10 / 100 labelled digits per class of
-real_digits train (the seeded few-shot subsets of every study), `--seeds` subsets each, scored on the three
-test sets; LogME of each source on each target's labelled training side (real_digits train for real_digits
-and MNIST, USPS train for USPS; 1000 examples) and its Spearman ρ with the probe's accuracy at 10 per class
-across the sources. Writes results.md / results.json / results.png.
+Evaluation, on 1 / 10 / 100 labelled digits per class of real_digits train (the seeded few-shot subsets of
+every study), `--seeds` subsets each, scored on the three test sets:
+  probe   the frozen backbone's features, a logistic-regression probe (`features.logistic_probe`, L-BFGS to
+          convergence);
+  lp-ft   fine-tuning through THE loop (`finetune.STRATEGIES['lp-ft']`: a third of the 200 steps the head
+          alone, then everything; 'none' = the scratch strategy), each source's lr tuned per budget on the
+          validation split (real_digits train[:3000] → train[3000:], tuning seeds 100, 101: tune_lr.tune),
+          the final checkpoint scored on each test set (`evaluation.evaluate_checkpoint`).
+LogME of each source on each target's labelled training side (real_digits train for real_digits and MNIST,
+USPS train for USPS; 1000 examples) and its Spearman ρ with the probe's accuracy at 10 per class across the
+sources. Writes results.md / results.json / results.png.
 """
 
 import logging
@@ -44,6 +49,9 @@ flags.DEFINE_integer('seeds', 3, 'Few-shot subsets per budget.')
 flags.DEFINE_list('per_class', ['1', '10', '100'], 'Labels per class of the probes.')
 flags.DEFINE_list('pretrained', [], 'name=workdir pairs: a source already pretrained elsewhere (e.g. '
                   'simclr=runs/simclr_digits,mae=runs/mae_digits, the pretrain_ssl_digits.py runs).')
+flags.DEFINE_list('strategies', ['probe', 'lp-ft'], 'probe (frozen features) and/or lp-ft (fine-tuning runs).')
+flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'LP-FT learning rates tuned per source and budget.')
+flags.DEFINE_integer('workers', 1, 'Worker processes for the LP-FT runs (sweep.run).')
 flags.DEFINE_integer('ssl_steps', 2000, 'Steps of each self-supervised pretraining (glyphs_then_simclr: half).')
 FLAGS = flags.FLAGS
 
@@ -90,6 +98,45 @@ def _features(backbone: features.Backbone, data: str, split: str) -> features.Fe
   return features.extract(backbone, source)
 
 
+def finetune_config(name: str, k: int, seed: int, lr: float):
+  """LP-FT from source `name` (scratch for 'none') at k labels per class, seed, lr: 200 steps of 32."""
+  from jaxtransfer import finetune
+  c = config.finetune(init_from='' if name == 'none' else _pretrained(name), per_class=k)
+  c.seed, c.input.subset_seed, c.input.manual_dir = seed, seed, FLAGS.manual_dir
+  c.train.checkpoint_every = c.train.steps
+  return finetune.apply_strategy(c, 'scratch' if name == 'none' else 'lp-ft',
+                                 backbone=dict(config.pretrain().model.backbone), lr=lr)
+
+
+def scored_run(c, workdir: str) -> dict[str, float]:
+  """A sweep run function: train, then score the final checkpoint on every test set ('<test>' keys)."""
+  from jaxtransfer import evaluation
+  train.train(c, workdir)
+  return {test: evaluation.evaluate_checkpoint(workdir, data=data, split=split,
+                                               manual_dir=c.input.manual_dir)['accuracy']
+          for test, (data, split) in TESTS.items()}
+
+
+def lpft(budgets: list[int]) -> dict[str, dict[str, list[float]]]:
+  """{'<source> lp-ft': {'<test> @k': [accuracy per seed]}}: tuned, then the reporting seeds."""
+  from experiments import tune_lr
+  make = lambda name, k, seed, lr: finetune_config(name, k, seed, lr)
+  tuned = tune_lr.tune(make, FLAGS.sources, budgets, FLAGS.lrs, (tune_lr.FIRST_SEED, tune_lr.FIRST_SEED + 1),
+                       os.path.join(FLAGS.workdir, 'tune'), workers=FLAGS.workers)
+  runs = [sweep.Run(name, k, seed, finetune_config(name, k, seed, tuned['best_lr'][name][k]),
+                    os.path.join(FLAGS.workdir, 'lp-ft', name, f'{k}_per_class', f'seed_{seed}'), fn=scored_run)
+          for name in FLAGS.sources for k in budgets for seed in range(FLAGS.seeds)]
+  results = sweep.run(runs, FLAGS.workers, on_result=lambda i, n, r: log.info(
+      '[%d/%d] %s lp-ft %d/class seed %d: %s (%.0f s)', i + 1, n, r.row, r.col, r.seed, r.metrics, r.wall_s))
+  out: dict[str, dict[str, list[float]]] = {}
+  for test in TESTS:
+    vals = sweep.values(results, test)
+    for name in FLAGS.sources:
+      for k in budgets:
+        out.setdefault(f'{name} lp-ft', {})[f'{test} @{k}'] = vals[name][k]
+  return out
+
+
 def spearman(a: list[float], b: list[float]) -> float:
   """Spearman's rank correlation (scipy.stats.spearmanr)."""
   from scipy import stats
@@ -99,13 +146,14 @@ def spearman(a: list[float], b: list[float]) -> float:
 def main(_):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)
+  logging.getLogger('jaxtransfer').setLevel(logging.WARNING)
   runtime.configure()
   for data, _ in TESTS.values():
     catalog.info(data, manual_dir=FLAGS.manual_dir)     # one line now if ../shared/data is missing
   budgets = [int(k) for k in FLAGS.per_class]
   acc: dict[str, dict[str, list[float]]] = {}
   logme: dict[str, dict[str, float]] = {}
-  for name in FLAGS.sources:
+  for name in FLAGS.sources if 'probe' in FLAGS.strategies else ():
     bb = _backbone(name)
     train_f = _features(bb, 'real_digits', 'train')
     acc[name] = {}
@@ -119,19 +167,23 @@ def main(_):
       lf = train_f if (ldata, lsplit) == ('real_digits', 'train') else _features(bb, ldata, lsplit)
       logme[name] = {**logme.get(name, {}), test: transferability.logme(lf.x[:LOGME_EXAMPLES], lf.y[:LOGME_EXAMPLES])}
     log.info('%s: %s', name, {c: round(100 * float(np.mean(v)), 1) for c, v in acc[name].items()})
-  rho = {test: spearman([logme[n][test] for n in FLAGS.sources],
-                        [float(np.mean(acc[n][f'{test} @10'])) for n in FLAGS.sources]) for test in TESTS}
+  if 'lp-ft' in FLAGS.strategies:
+    acc.update(lpft(budgets))
+  probed = [n for n in FLAGS.sources if n in acc]
+  rho = {test: spearman([logme[n][test] for n in probed], [float(np.mean(acc[n][f'{test} @10'])) for n in probed])
+         for test in TESTS} if len(probed) > 2 and 10 in budgets else {}
   notes = ('LogME per source (rows) and target (columns), on 1000 labelled training examples of the target:\n\n'
            '| source | ' + ' | '.join(TESTS) + ' |\n|---|' + '---|' * len(TESTS) + '\n'
-           + '\n'.join(f'| {n} | ' + ' | '.join(f'{logme[n][t]:.3f}' for t in TESTS) + ' |' for n in FLAGS.sources)
+           + '\n'.join(f'| {n} | ' + ' | '.join(f'{logme[n][t]:.3f}' for t in TESTS) + ' |' for n in probed)
            + '\n\nSpearman ρ between LogME and the probe\'s accuracy at 10 per class across the sources: '
            + ', '.join(f'{t} {r:+.2f}' for t, r in rho.items()) + ' (target ≥ 0.8).')
   table = sweep.write_results(
       FLAGS.workdir, {'accuracy': sweep.summarize(acc), 'per_seed': acc, 'logme': logme, 'spearman': rho,
                       'sources': FLAGS.sources},
-      title='Experiment 7: self-supervised and supervised pretraining sources, linear probes on three digit sets',
-      caption=('Test accuracy (%) of a logistic-regression probe on the frozen features, trained on k labelled '
-               'real_digits per class, mean ± std (ddof=1) over {n} few-shot subsets; columns: test set @ k.'),
+      title='Experiment 7: self-supervised and supervised pretraining sources on three digit test sets',
+      caption=('Test accuracy (%) with k labelled real_digits per class — rows "<source>": a logistic-regression '
+               'probe on the frozen features; "<source> lp-ft": fine-tuned (lr tuned per budget) — mean ± std '
+               '(ddof=1) over {n} few-shot subsets; columns: test set @ k.'),
       row_header='source', xlabel='test set @ labels per class', ylabel='accuracy (%)',
       plot_title='linear probes of each pretraining source', notes=notes)
   print(table + '\n' + notes, flush=True)
