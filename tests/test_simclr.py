@@ -29,14 +29,15 @@ def digits(n=4, size=28):
 
 def test_views_differ_and_are_reproducible_per_key():
   x = digits()
-  v1, v2 = views.two_views(x, jax.random.key(0), views.ViewConfig())
+  two = jax.jit(lambda x, k: views.two_views(x, k, views.ViewConfig()))
+  v1, v2 = two(x, jax.random.key(0))
   assert v1.shape == x.shape and np.isfinite(v1).all()
   assert np.abs(np.asarray(v1) - np.asarray(v2)).mean() > 0.02          # the two views differ
   assert np.abs(np.asarray(v1) - np.asarray(x)).mean() > 0.02           # and from the image
-  again = views.two_views(x, jax.random.key(0), views.ViewConfig())
+  again = two(x, jax.random.key(0))
   np.testing.assert_array_equal(again[0], v1)
   np.testing.assert_array_equal(again[1], v2)
-  other = views.two_views(x, jax.random.key(1), views.ViewConfig())[0]
+  other = two(x, jax.random.key(1))[0]
   assert not np.allclose(other, v1)
   # Each image its own draw: the same image twice in a batch gets two different views.
   pair = views.random_views(jnp.stack([x[0], x[0]]), jax.random.key(2), views.ViewConfig())
@@ -51,7 +52,8 @@ def test_a_view_that_may_change_nothing_is_the_image():
 def test_stroke_width_thickens_or_thins_the_ink():
   x = digits()[0]
   cfg = views.ViewConfig(**{**IDENTITY.__dict__, 'stroke': 1.0})
-  ink = [float(views.random_view(x, jax.random.key(k), cfg).sum()) for k in range(8)]
+  view = jax.jit(lambda k: views.random_view(x, k, cfg))
+  ink = [float(view(jax.random.key(k)).sum()) for k in range(8)]
   assert all(i != pytest.approx(float(x.sum())) for i in ink)                      # always changed, both ways
   assert min(ink) < float(x.sum()) < max(ink)
 
@@ -138,7 +140,7 @@ def test_supervised_augmentation_trains_on_random_views_of_the_batch():
   params = model_lib.init(model, jax.random.key(0), (28, 28, 1))['params']
   batch = {'image': digits(), 'label': jnp.arange(4), 'mask': jnp.ones(4)}
   fwd = objectives.Forward(model, {}, (), {})
-  grads = lambda obj, k: obj.grads(fwd, params, {}, batch, jax.random.key(k))[0]
+  grads = lambda obj, k: jax.jit(lambda key: obj.grads(fwd, params, {}, batch, key)[0])(jax.random.key(k))
   g_plain, g_aug, g_again = grads(plain, 0), grads(augmented, 0), grads(augmented, 0)
   leaves = lambda t: jax.tree_util.tree_leaves(t)
   assert any(not np.allclose(a, b) for a, b in zip(leaves(g_plain), leaves(g_aug)))
@@ -176,8 +178,8 @@ def test_the_online_probe_sends_no_gradient_into_the_backbone(data_dir):
   state = on.init_state(params)
   batch = {'image': jnp.concatenate([digits()] * 2), 'label': jnp.arange(8), 'mask': jnp.ones(8)}
   fwd = objectives.Forward(model, {}, (), {})
-  g_off, _, _, m_off = off.grads(fwd, params, {}, batch, jax.random.key(1))
-  g_on, _, new_state, m_on = on.grads(fwd, params, state, batch, jax.random.key(1))
+  g_off, _, _, m_off = jax.jit(lambda k: off.grads(fwd, params, {}, batch, k))(jax.random.key(1))
+  g_on, _, new_state, m_on = jax.jit(lambda st, k: on.grads(fwd, params, st, batch, k))(state, jax.random.key(1))
   for a, b in zip(jax.tree_util.tree_leaves(g_off), jax.tree_util.tree_leaves(g_on)):
     np.testing.assert_array_equal(a, b)
   assert float(m_on['loss']) == float(m_off['loss']) and 'probe_accuracy' in m_on
