@@ -99,6 +99,12 @@ class StepInfo(NamedTuple):
 # --- per-task gradients ---------------------------------------------------------------------
 
 
+
+def no_state(num_tasks: int, key: jax.Array) -> PyTree:
+  """The `init` of a stateless method: no state."""
+  del num_tasks, key
+  return ()
+
 def per_task_grads(
     loss_fn: Callable[..., tuple[jax.Array, Any]], params: PyTree, *args, vectorize: bool = True
 ) -> tuple[jax.Array, PyTree, Any]:
@@ -228,16 +234,12 @@ def _present_f(present: jax.Array, dtype=jnp.float32) -> jax.Array:
 def equal() -> Weighting:
   """Weight 1 for every present task: the plain sum of the per-task losses (the seed notes' loss)."""
 
-  def init(num_tasks: int, key: jax.Array) -> PyTree:
-    del num_tasks, key
-    return ()
-
   def update(losses, present, state, gram=None):
     del losses, gram
     w = _present_f(present)
     return Weights(w, w), state
 
-  return Weighting(init, update, needs_gram=False)
+  return Weighting(no_state, update, needs_gram=False)
 
 
 def _masked_step(optimizer, grads, opt_state, params, present):
@@ -380,10 +382,6 @@ def cagrad(c: float = 0.4, steps: int = 1000, rescale: bool = True) -> Weighting
   learning rate of `equal()`. The heads get their plain gradients. Stateless.
   """
 
-  def init(num_tasks: int, key: jax.Array) -> PyTree:
-    del num_tasks, key
-    return ()
-
   def update(losses, present, state, gram):
     del losses
     present = jnp.asarray(present, bool)
@@ -412,7 +410,7 @@ def cagrad(c: float = 0.4, steps: int = 1000, rescale: bool = True) -> Weighting
       alpha = alpha / (1.0 + c**2)
     return Weights(alpha, p), state
 
-  return Weighting(init, update, needs_gram=True)
+  return Weighting(no_state, update, needs_gram=True)
 
 
 # --- loss weightings from the loss history (one backward pass) -------------------------------
@@ -602,16 +600,12 @@ def nash_mtl(steps: int = 30, reg: float = 1e-4) -> Weighting:
   left out of G and get α = 0.
   """
 
-  def init(num_tasks: int, key: jax.Array) -> PyTree:
-    del num_tasks, key
-    return ()
-
   def update(losses, present, state, gram):
     del losses
     alpha = nash_solve(gram, present, steps, reg)
     return Weights(alpha, alpha), state
 
-  return Weighting(init, update, needs_gram=True)
+  return Weighting(no_state, update, needs_gram=True)
 
 
 def dual_cone_weights(m: jax.Array, u: jax.Array, max_pivots: int = 100, tol: float = 1e-6) -> jax.Array:
@@ -679,14 +673,10 @@ def upgrad(reg: float = 1e-4, average: bool = False, max_pivots: int = 100) -> W
   here). The heads get their plain gradients (torchjd's `mtl_backward` too). Stateless.
   """
 
-  def init(num_tasks: int, key: jax.Array) -> PyTree:
-    del num_tasks, key
-    return ()
-
   def update(losses, present, state, gram):
     del losses
     present = jnp.asarray(present, bool)
     w = upgrad_weights(gram, present, reg, average, max_pivots)
     return Weights(w, present.astype(w.dtype)), state
 
-  return Weighting(init, update, needs_gram=True)
+  return Weighting(no_state, update, needs_gram=True)
