@@ -96,14 +96,14 @@ class StepInfo(NamedTuple):
   aux: Any
 
 
-# --- per-task gradients ---------------------------------------------------------------------
-
-
-
 def no_state(num_tasks: int, key: jax.Array) -> PyTree:
   """The `init` of a stateless method: no state."""
   del num_tasks, key
   return ()
+
+
+# --- per-task gradients ---------------------------------------------------------------------
+
 
 def per_task_grads(
     loss_fn: Callable[..., tuple[jax.Array, Any]], params: PyTree, *args, vectorize: bool = True
