@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -40,6 +41,18 @@ from jaxtransfer.models import model as model_lib
 
 Batch = dict[str, Any]
 PyTree = Any
+
+
+def content_keys(rows: jax.Array, salt: int) -> jax.Array:
+  """One PRNG key per row of `rows` (B, …) that depends only on that row's values (and `salt`): the
+  randomness of an evaluation (which tokens or patches to hide, which views to make), so a split scores the
+  same at every evaluation whatever the batch it lands in. Integer rows hash their values, float rows their
+  bits."""
+  flat = rows.reshape(rows.shape[0], -1)
+  bits = (jax.lax.bitcast_convert_type(flat.astype(jnp.float32), jnp.uint32)
+          if jnp.issubdtype(flat.dtype, jnp.floating) else flat.astype(jnp.uint32))
+  weights = jnp.arange(1, bits.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  return jax.vmap(lambda h: jax.random.fold_in(jax.random.key(salt), h))(jnp.sum(bits * weights, axis=1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,13 +66,6 @@ def masked_errors(pred: jax.Array, target: jax.Array, hidden: jax.Array) -> tupl
   return jnp.sum(jnp.where(hidden, per_patch, 0.0), axis=1), jnp.sum(hidden, axis=1).astype(jnp.float32)
 
 
-def _content_keys(images: jax.Array) -> jax.Array:
-  """A key per image that depends only on its pixels (evaluation masking, reproducible)."""
-  bits = jax.lax.bitcast_convert_type(images.astype(jnp.float32).reshape(images.shape[0], -1), jnp.uint32)
-  weights = jnp.arange(1, bits.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
-  return jax.vmap(lambda h: jax.random.fold_in(jax.random.key(0x6D6165), h))(jnp.sum(bits * weights, axis=1))
-
-
 @dataclasses.dataclass(frozen=True)
 class MaskedAutoencoder(online_probe.Probed, base.Objective):
   """The MAE objective (module docstring). `patch_size` is the encoder's; the head predicts p·p·C pixels."""
@@ -123,7 +116,7 @@ class MaskedAutoencoder(online_probe.Probed, base.Objective):
     images = self.inputs(batch)
     n = self._num_patches(images.shape)
     mask_row = lambda k: jax.tree_util.tree_map(lambda x: x[0], random_masking(k, 1, n, self.mask_ratio))
-    keep, restore, hidden = jax.vmap(mask_row)(_content_keys(images))
+    keep, restore, hidden = jax.vmap(mask_row)(base.content_keys(images, 0x6D6165))
     pred, _ = model.apply(variables, images, keep, restore, train=False, method=model_lib.Model.reconstruct)
     return pred, hidden
 

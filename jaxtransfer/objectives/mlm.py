@@ -70,13 +70,6 @@ def masked_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tu
   return jnp.where(valid, nll, 0.0), jnp.where(valid, correct, 0.0)
 
 
-def _content_key(tokens: jax.Array) -> jax.Array:
-  """A key per row that depends only on that row's tokens (evaluation masking, reproducible)."""
-  weights = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
-  row_hash = jnp.sum(tokens.astype(jnp.uint32) * weights, axis=1)
-  return jax.vmap(lambda h: jax.random.fold_in(jax.random.key(0x6D6C6D), h))(row_hash)
-
-
 @dataclasses.dataclass(frozen=True)
 class MaskedLM(base.Objective):
   """The masked-LM objective (module docstring); bound to a tokenizer by `for_tokenizer` before use."""
@@ -137,7 +130,7 @@ class MaskedLM(base.Objective):
     self._check_bound()
     tokens = batch['tokens']
     corrupt_row = lambda row, key: jax.tree_util.tree_map(lambda x: x[0], self._corrupt(row[None], key))
-    corrupted, positions, valid = jax.vmap(corrupt_row)(tokens, _content_key(tokens))
+    corrupted, positions, valid = jax.vmap(corrupt_row)(tokens, base.content_keys(tokens, 0x6D6C6D))
     logits, _ = model.apply(variables, corrupted, positions, train=False, method=model_lib.Model.per_token)
     return logits, positions, valid
 

@@ -53,13 +53,6 @@ def pair_terms(z: jax.Array, temperature: float, valid: jax.Array | None = None)
   return jnp.where(valid, nll, 0.0), jnp.where(valid, top1, 0.0)
 
 
-def _content_key(images: jax.Array) -> jax.Array:
-  """One key from the pixels of a batch (evaluation views, reproducible)."""
-  bits = jax.lax.bitcast_convert_type(images.astype(jnp.float32).reshape(-1), jnp.uint32)
-  weights = jnp.arange(1, bits.shape[0] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
-  return jax.random.fold_in(jax.random.key(0x73696D), jnp.sum(bits * weights))
-
-
 @dataclasses.dataclass(frozen=True)
 class SimCLR(online_probe.Probed, base.Objective):
   """The SimCLR objective (module docstring)."""
@@ -103,7 +96,8 @@ class SimCLR(online_probe.Probed, base.Objective):
 
   def predict(self, model, variables, batch):
     images = self.inputs(batch)
-    v1, v2 = views.two_views(images, _content_key(images), self.view_config)
+    v1, v2 = views.two_views(images, base.content_keys(images.reshape(1, -1), 0x73696D)[0],
+                             self.view_config)
     return model.apply(variables, jnp.concatenate([v1, v2]), train=False)
 
   def per_example(self, outputs, batch):
