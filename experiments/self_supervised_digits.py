@@ -143,6 +143,29 @@ def spearman(a: list[float], b: list[float]) -> float:
   return float(stats.spearmanr(a, b).statistic)
 
 
+def targets(acc: dict[str, dict[str, list[float]]], budgets: list[int]) -> list[str]:
+  """The issue's targets as lines: the best pretrained fine-tune (probe or LP-FT) against the numbers it must
+  reach — ≥ 95 % on real_digits @10, ≥ scratch + 5 on USPS @10, ≥ scratch + 30 @1 on every test set."""
+  scratch = acc.get('none lp-ft')
+  pretrained = {row: v for row, v in acc.items() if not row.startswith('none')}
+  if not pretrained:
+    return []
+  def best(col: str) -> tuple[str, float]:
+    row = max(pretrained, key=lambda r: np.mean(pretrained[r][col]))
+    return row, 100 * float(np.mean(pretrained[row][col]))
+  lines = ['Targets (best pretrained row per column, mean over the seeds):']
+  if 10 in budgets:
+    row, a = best('real_digits @10')
+    lines.append(f'- real_digits @10 ≥ 95 %: {row} {a:.1f} % — {"met" if a >= 95 else "NOT met"}')
+  for test, k, margin in [('usps', 10, 5)] + [(t, 1, 30) for t in TESTS]:
+    if k in budgets and scratch is not None:
+      row, a = best(f'{test} @{k}')
+      s = 100 * float(np.mean(scratch[f'{test} @{k}']))
+      lines.append(f'- {test} @{k} ≥ scratch + {margin}: {row} {a:.1f} vs scratch {s:.1f} ({a - s:+.1f}) — '
+                   + ('met' if a - s >= margin else 'NOT met'))
+  return lines
+
+
 def main(_):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)
@@ -169,14 +192,20 @@ def main(_):
     log.info('%s: %s', name, {c: round(100 * float(np.mean(v)), 1) for c, v in acc[name].items()})
   if 'lp-ft' in FLAGS.strategies:
     acc.update(lpft(budgets))
-  probed = [n for n in FLAGS.sources if n in acc]
-  rho = {test: spearman([logme[n][test] for n in probed], [float(np.mean(acc[n][f'{test} @10'])) for n in probed])
-         for test in TESTS} if len(probed) > 2 and 10 in budgets else {}
+  probed = [n for n in FLAGS.sources if n in logme]
+  rho = {}
+  if len(probed) > 2 and 10 in budgets:
+    for kind, row in (('probe', '{}'), ('lp-ft', '{} lp-ft')):
+      if all(row.format(n) in acc for n in probed):
+        rho[kind] = {test: spearman([logme[n][test] for n in probed],
+                                    [float(np.mean(acc[row.format(n)][f'{test} @10'])) for n in probed])
+                     for test in TESTS}
   notes = ('LogME per source (rows) and target (columns), on 1000 labelled training examples of the target:\n\n'
            '| source | ' + ' | '.join(TESTS) + ' |\n|---|' + '---|' * len(TESTS) + '\n'
            + '\n'.join(f'| {n} | ' + ' | '.join(f'{logme[n][t]:.3f}' for t in TESTS) + ' |' for n in probed)
-           + '\n\nSpearman ρ between LogME and the probe\'s accuracy at 10 per class across the sources: '
-           + ', '.join(f'{t} {r:+.2f}' for t, r in rho.items()) + ' (target ≥ 0.8).')
+           + '\n\nSpearman ρ between LogME and the accuracy at 10 per class across the sources (target ≥ 0.8): '
+           + '; '.join(f'{kind}: ' + ', '.join(f'{t} {r:+.2f}' for t, r in by_test.items())
+                       for kind, by_test in rho.items()) + '.\n\n' + '\n'.join(targets(acc, budgets)))
   table = sweep.write_results(
       FLAGS.workdir, {'accuracy': sweep.summarize(acc), 'per_seed': acc, 'logme': logme, 'spearman': rho,
                       'sources': FLAGS.sources},
