@@ -2,7 +2,7 @@
 
     python -m experiments.text_transfer [--workdir=runs/text_transfer] [--manual_dir=../shared/data]
         [--mlm=runs/mlm_wikitext] [--minilm=runs/minilm] [--seeds=3] [--steps=300] [--budgets=100,300,1000,0]
-        [--strategies=…] [--stage=pretrain|tune|grid|shift|report|all] [--workers=1] [--quick]
+        [--strategies=…] [--stage=pretrain|tune|grid|shift|curve|report|all] [--workers=1] [--quick]
 
 Data: `sentiment_sentences/both` (1600 training / 400 test review sentences, ../shared/data read in place).
 A budget of N labels = N/2 per class, drawn per seed (`input.per_class`, `input.subset_seed` = seed); 0 =
@@ -22,6 +22,9 @@ Every strategy's lr is tuned per budget on a validation split that never touches
 through experiments/tune_lr.py and the sweep runner; TF-IDF tunes itself by cross-validation.
 Domain shift (`shift`): train on all of one domain's training sentences, test on the other's test split
 (amazon → yelp, yelp → amazon) for TF-IDF, MiniLM head and full, and the MLM encoder full.
+Gain against pretraining steps (`curve`): 'mlm full' at 300 labels from every kept checkpoint of --mlm
+(checkpoints/<step>, each at the lr tuned for the last one), step 0 being the from-scratch twin ('scratch');
+results.json 'mlm_curve', a table in results.md and curve.png.
 Writes results.json ({'accuracy': {strategy: {labels: {mean, std, n}}}}, the demo's schema, std ddof=1),
 results.md and results.png (accuracy vs labels). --quick: a 20-step MLM pretraining on 3000 sentences,
 10-step runs, budgets 100 and 300, one lr per strategy, 2 seeds (MiniLM rows only if its checkpoint
@@ -54,6 +57,7 @@ STRATEGIES: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]] = {
 }
 GRID = (TFIDF, *STRATEGIES)
 SHIFT = (TFIDF, 'minilm head', 'minilm full', 'mlm full')
+CURVE, CURVE_BUDGET = 'mlm full', 300   # the gain-vs-pretraining-steps curve: this strategy at this budget
 DOMAINS = ('amazon', 'yelp')
 log = logging.getLogger('jaxtransfer')
 
@@ -211,7 +215,37 @@ def shift_runs(a: argparse.Namespace, strategies: list[str], lrs: dict[str, dict
   return runs
 
 
-def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[str, dict[int, float]]) -> str:
+def curve_steps(mlm: str) -> list[int]:
+  """The kept checkpoint steps of the MLM pretraining in workdir `mlm`, increasing."""
+  from jaxtransfer import checkpoint
+  return sorted(checkpoint.manager(os.path.join(mlm, 'checkpoints')).all_steps())
+
+
+def curve_runs(a: argparse.Namespace, strategies: list[str], lrs: dict[str, dict[int, float]]) -> list[Any]:
+  """'mlm full' at CURVE_BUDGET labels from each kept MLM checkpoint (the last one's tuned lr), every seed."""
+  from jaxtransfer import sweep
+  if CURVE not in strategies or CURVE_BUDGET not in a.budgets:
+    return []
+  runs = []
+  for step in curve_steps(a.mlm):
+    for seed in range(a.seeds):
+      c = make_config(CURVE, CURVE_BUDGET, seed, lrs[CURVE][CURVE_BUDGET], a=a)
+      c.transfer.init_from = os.path.join(a.mlm, 'checkpoints', str(step))
+      runs.append(sweep.Run(CURVE, step, seed, c, os.path.join(a.workdir, 'curve', f'step_{step}', f'seed_{seed}')))
+  return runs
+
+
+def curve_summary(grid: list[Any], curve: list[Any]) -> dict[str, dict[str, Any]]:
+  """{'<CURVE> at <budget> labels': {step: stats}} with step 0 = the scratch twin's grid cells at that budget."""
+  import dataclasses
+
+  from jaxtransfer import sweep
+  scratch = [dataclasses.replace(r, row=CURVE, col=0) for r in grid if r.row == 'scratch' and r.col == CURVE_BUDGET]
+  return sweep.summarize({f'{CURVE} at {CURVE_BUDGET} labels': sweep.values([*scratch, *curve], 'accuracy')[CURVE]})
+
+
+def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[str, dict[int, float]],
+           curve: list[Any] = ()) -> str:
   from jaxtransfer import sweep
   acc = sweep.summarize(sweep.values(grid, 'accuracy'))
   results: dict[str, Any] = {'accuracy': acc, 'best_lr': {s: {str(_col(n)): lr for n, lr in b.items()} for s, b in lrs.items()},
@@ -224,6 +258,14 @@ def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[s
     results['domain_shift'] = sh
     notes.append('## Domain shift: train on all of one domain, test on the other\n\n'
                  + sweep.table(sh, row_header='strategy', col_label=str))
+  if curve:
+    cs = curve_summary(grid, curve)
+    results['mlm_curve'] = cs
+    sweep.plot(os.path.join(a.workdir, 'curve.png'), cs, xlabel='MLM pretraining steps (0 = from scratch)',
+               ylabel='test accuracy (%)', title=f'{CURVE} at {CURVE_BUDGET} labels vs pretraining steps')
+    notes.append(f'## Gain against MLM pretraining steps ({CURVE}, {CURVE_BUDGET} labels; curve.png)\n\nEach kept '
+                 f'checkpoint of {a.mlm} fine-tuned at the lr tuned for the last one; step 0 = scratch at its own '
+                 'tuned lr.\n\n' + sweep.table(cs, row_header='strategy', col_label=lambda k: f'step {k}'))
   table = sweep.write_results(
       a.workdir, results, title='Text transfer: sentence sentiment from 100–1600 labels',
       caption=f'Test accuracy (%) on the 400 test sentences of {DATA}, mean ± std (ddof=1) over {{n}} seed(s).',
@@ -247,7 +289,8 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument('--budgets', default=','.join(map(str, BUDGETS)))
   p.add_argument('--strategies', default=','.join(GRID))
   p.add_argument('--workers', type=int, default=1)
-  p.add_argument('--stage', default='all', choices=('pretrain', 'tune', 'grid', 'shift', 'report', 'all'))
+  p.add_argument('--stage', default='all', choices=('pretrain', 'tune', 'grid', 'shift', 'curve', 'report',
+                                                      'all'))
   p.add_argument('--quick', action='store_true')
   a = p.parse_args(argv)
   if a.quick:
@@ -283,14 +326,17 @@ def main(argv=None) -> int:
   lrs = stage_tune(a, strategies)
   if a.stage == 'tune':
     return 0
-  grid, shift = grid_runs(a, strategies, lrs), shift_runs(a, strategies, lrs)
+  grid, shift, curve = grid_runs(a, strategies, lrs), shift_runs(a, strategies, lrs), curve_runs(a, strategies, lrs)
   done = lambda i, n, r: log.info('[%d/%d] %s %s seed %d: %.4f', i + 1, n, r.row, r.col, r.seed, r.metrics['accuracy'])
   if a.stage in ('grid', 'all'):
     sweep.run(grid, a.workers, on_result=done)
   if a.stage in ('shift', 'all') and not a.quick:
     sweep.run(shift, a.workers, on_result=done)
+  if a.stage in ('curve', 'all'):
+    sweep.run(curve, a.workers, on_result=lambda i, n, r: log.info('[%d/%d] %s from MLM step %d seed %d: %.4f', i + 1, n,
+                                                                   r.row, r.col, r.seed, r.metrics['accuracy']))
   finished = lambda runs: [r for r in map(sweep.cached, runs) if r is not None]
-  report(a, finished(grid), finished(shift), lrs)
+  report(a, finished(grid), finished(shift), lrs, finished(curve))
   log.info('text_transfer: done in %.0f s', time.time() - t0)
   return 0
 

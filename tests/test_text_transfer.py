@@ -47,3 +47,21 @@ def test_tfidf_cell_trains_on_the_subset_and_scores_the_evaluation_split(tmp_pat
   from jaxtransfer import errors
   with pytest.raises(errors.DataError, match='2\\+ training texts'):
     T.tfidf_run(c, str(tmp_path / 'cell'))
+
+
+def test_curve_fine_tunes_every_kept_checkpoint_and_puts_scratch_at_step_0(tmp_path, monkeypatch):
+  from jaxtransfer import sweep
+  a = T.parse([f'--workdir={tmp_path}', '--mlm=/ckpt/mlm', '--seeds=2'])
+  monkeypatch.setattr(T, 'curve_steps', lambda mlm: [500, 1000])
+  lrs = {'mlm full': {300: 3e-4}}
+  runs = T.curve_runs(a, ['scratch', 'mlm full'], lrs)
+  assert [(r.col, r.seed) for r in runs] == [(500, 0), (500, 1), (1000, 0), (1000, 1)]
+  assert {r.config.transfer.init_from for r in runs} == {'/ckpt/mlm/checkpoints/500', '/ckpt/mlm/checkpoints/1000'}
+  assert {(r.config.optim.lr, r.config.input.per_class, r.config.trainable) for r in runs} == {(3e-4, 150, 'all')}
+  assert T.curve_runs(a, ['scratch', 'mlm head'], lrs) == []                 # no 'mlm full': no curve
+  result = lambda row, col, seed, acc: sweep.Result(row, col, seed, '', {'accuracy': acc}, 0.0, 0.0)
+  grid = [result('scratch', 300, 0, 0.6), result('scratch', 300, 1, 0.7), result('scratch', 100, 0, 0.1),
+          result('mlm full', 300, 0, 0.9)]
+  curve = [result('mlm full', 500, s, 0.65 + s / 10) for s in (0, 1)]
+  cs = T.curve_summary(grid, curve)['mlm full at 300 labels']
+  assert list(cs) == ['0', '500'] and cs['0']['mean'] == pytest.approx(0.65) and cs['500']['mean'] == pytest.approx(0.70)
