@@ -17,17 +17,19 @@ Pretraining data vs test data: the pool holds training images only; the three te
 (1000 MNIST digits), USPS test (2007, full-frame), the MNIST test set (10k) — are never in it
 (tests/test_pool.py compares every image).
 
-Evaluation, on 1 / 10 / 100 labelled digits per class of real_digits train (the seeded few-shot subsets of
-every study), `--seeds` subsets each, scored on the three test sets:
+Evaluation, on 1 / 10 / 100 labelled digits per class of each test set's own training split (`TRAIN_ON`:
+real_digits train for the real_digits and MNIST test sets, USPS train for USPS test — a new user's USPS
+classifier learns from USPS labels; the seeded few-shot subsets of every study), `--seeds` subsets each:
   probe   the frozen backbone's features, a logistic-regression probe (`features.logistic_probe`, L-BFGS to
           convergence);
   lp-ft   fine-tuning through THE loop (`finetune.STRATEGIES['lp-ft']`: a third of the 200 steps the head
           alone, then everything; 'none' = the scratch strategy), each source's lr tuned per budget on the
-          validation split (real_digits train[:3000] → train[3000:], tuning seeds 100, 101: tune_lr.tune),
-          the final checkpoint scored on each test set (`evaluation.evaluate_checkpoint`).
-LogME of each source on each target's labelled training side (real_digits train for real_digits and MNIST,
-USPS train for USPS; 1000 examples) and its Spearman ρ with the probe's accuracy at 10 per class across the
-sources. Writes results.md / results.json / results.png.
+          validation split of the training set (train[:3000] → train[3000:], tuning seeds 100, 101:
+          tune_lr.tune), the final checkpoint scored on the test sets of that training set
+          (`evaluation.evaluate_checkpoint`).
+LogME of each source on each target's labelled training side (1000 examples of TRAIN_ON) and its Spearman ρ
+with the accuracy at 10 per class (probe, and LP-FT) across the sources; the issue's targets as met / NOT met
+lines. Writes results.md / results.json / results.png.
 """
 
 import logging
@@ -57,8 +59,8 @@ FLAGS = flags.FLAGS
 
 TESTS = {'real_digits': ('real_digits', 'test'), 'usps': ('real_digits/usps', 'test'),
          'mnist': ('real_digits/mnist_t10k', 'test')}
-LOGME_ON = {'real_digits': ('real_digits', 'train'), 'usps': ('real_digits/usps', 'train'),
-            'mnist': ('real_digits', 'train')}
+# The labelled training set of each test set: its few-shot subsets, fine-tunes and LogME.
+TRAIN_ON = {'real_digits': 'real_digits', 'usps': 'real_digits/usps', 'mnist': 'real_digits'}
 LOGME_EXAMPLES = 1000
 
 log = logging.getLogger('experiments')
@@ -98,10 +100,11 @@ def _features(backbone: features.Backbone, data: str, split: str) -> features.Fe
   return features.extract(backbone, source)
 
 
-def finetune_config(name: str, k: int, seed: int, lr: float):
-  """LP-FT from source `name` (scratch for 'none') at k labels per class, seed, lr: 200 steps of 32."""
+def finetune_config(name: str, k: int, seed: int, lr: float, data: str = 'real_digits'):
+  """LP-FT from source `name` (scratch for 'none') on k labels per class of `data`, seed, lr: 200 steps of 32."""
   from jaxtransfer import finetune
   c = config.finetune(init_from='' if name == 'none' else _pretrained(name), per_class=k)
+  c.data = data
   c.seed, c.input.subset_seed, c.input.manual_dir = seed, seed, FLAGS.manual_dir
   c.train.checkpoint_every = c.train.steps
   return finetune.apply_strategy(c, 'scratch' if name == 'none' else 'lp-ft',
@@ -109,31 +112,36 @@ def finetune_config(name: str, k: int, seed: int, lr: float):
 
 
 def scored_run(c, workdir: str) -> dict[str, float]:
-  """A sweep run function: train, then score the final checkpoint on every test set ('<test>' keys)."""
+  """A sweep run function: train, then score the final checkpoint on the test sets of its training data
+  ('<test>' keys)."""
   from jaxtransfer import evaluation
   train.train(c, workdir)
   return {test: evaluation.evaluate_checkpoint(workdir, data=data, split=split,
                                                manual_dir=c.input.manual_dir)['accuracy']
-          for test, (data, split) in TESTS.items()}
+          for test, (data, split) in TESTS.items() if TRAIN_ON[test] == c.data}
 
 
 def lpft(budgets: list[int]) -> dict[str, dict[str, list[float]]]:
-  """{'<source> lp-ft': {'<test> @k': [accuracy per seed]}}: tuned, then the reporting seeds."""
+  """{'<source> lp-ft': {'<test> @k': [accuracy per seed]}}: per training set, tuned, then the reporting seeds."""
   from experiments import tune_lr
-  make = lambda name, k, seed, lr: finetune_config(name, k, seed, lr)
-  tuned = tune_lr.tune(make, FLAGS.sources, budgets, FLAGS.lrs, (tune_lr.FIRST_SEED, tune_lr.FIRST_SEED + 1),
-                       os.path.join(FLAGS.workdir, 'tune'), workers=FLAGS.workers)
-  runs = [sweep.Run(name, k, seed, finetune_config(name, k, seed, tuned['best_lr'][name][k]),
-                    os.path.join(FLAGS.workdir, 'lp-ft', name, f'{k}_per_class', f'seed_{seed}'), fn=scored_run)
-          for name in FLAGS.sources for k in budgets for seed in range(FLAGS.seeds)]
-  results = sweep.run(runs, FLAGS.workers, on_result=lambda i, n, r: log.info(
-      '[%d/%d] %s lp-ft %d/class seed %d: %s (%.0f s)', i + 1, n, r.row, r.col, r.seed, r.metrics, r.wall_s))
   out: dict[str, dict[str, list[float]]] = {}
-  for test in TESTS:
-    vals = sweep.values(results, test)
-    for name in FLAGS.sources:
-      for k in budgets:
-        out.setdefault(f'{name} lp-ft', {})[f'{test} @{k}'] = vals[name][k]
+  for data in dict.fromkeys(TRAIN_ON.values()):
+    sub = '' if data == 'real_digits' else '_' + data.split('/')[-1]      # tune_usps/, lp-ft_usps/
+    make = lambda name, k, seed, lr, data=data: finetune_config(name, k, seed, lr, data)
+    tuned = tune_lr.tune(make, FLAGS.sources, budgets, FLAGS.lrs, (tune_lr.FIRST_SEED, tune_lr.FIRST_SEED + 1),
+                         os.path.join(FLAGS.workdir, 'tune' + sub), workers=FLAGS.workers,
+                         title=f'Learning-rate choice on a validation split ({data} {tune_lr.VAL_EVAL})',
+                         caption=f'Validation accuracy (%), subsets of {data} {tune_lr.VAL_TRAIN}')
+    runs = [sweep.Run(name, k, seed, finetune_config(name, k, seed, tuned['best_lr'][name][k], data),
+                      os.path.join(FLAGS.workdir, 'lp-ft' + sub, name, f'{k}_per_class', f'seed_{seed}'), fn=scored_run)
+            for name in FLAGS.sources for k in budgets for seed in range(FLAGS.seeds)]
+    results = sweep.run(runs, FLAGS.workers, on_result=lambda i, n, r: log.info(
+        '[%d/%d] %s lp-ft %d/class seed %d: %s (%.0f s)', i + 1, n, r.row, r.col, r.seed, r.metrics, r.wall_s))
+    for test in (t for t in TESTS if TRAIN_ON[t] == data):
+      vals = sweep.values(results, test)
+      for name in FLAGS.sources:
+        for k in budgets:
+          out.setdefault(f'{name} lp-ft', {})[f'{test} @{k}'] = vals[name][k]
   return out
 
 
@@ -178,17 +186,14 @@ def main(_):
   logme: dict[str, dict[str, float]] = {}
   for name in FLAGS.sources if 'probe' in FLAGS.strategies else ():
     bb = _backbone(name)
-    train_f = _features(bb, 'real_digits', 'train')
-    acc[name] = {}
+    train_f = {data: _features(bb, data, 'train') for data in dict.fromkeys(TRAIN_ON.values())}
+    acc[name], logme[name] = {}, {}
     for test, (data, split) in TESTS.items():
-      test_f = _features(bb, data, split)
+      tf, test_f = train_f[TRAIN_ON[test]], _features(bb, data, split)
       for k in budgets:
-        acc[name][f'{test} @{k}'] = [features.logistic_probe(train_f.x[idx], train_f.y[idx], test_f.x, test_f.y)
-                                     ['accuracy'] for idx in (fewshot.k_per_class_indices(train_f.y, k, s)
-                                                              for s in range(FLAGS.seeds))]
-      ldata, lsplit = LOGME_ON[test]
-      lf = train_f if (ldata, lsplit) == ('real_digits', 'train') else _features(bb, ldata, lsplit)
-      logme[name] = {**logme.get(name, {}), test: transferability.logme(lf.x[:LOGME_EXAMPLES], lf.y[:LOGME_EXAMPLES])}
+        acc[name][f'{test} @{k}'] = [features.logistic_probe(tf.x[idx], tf.y[idx], test_f.x, test_f.y)['accuracy']
+                                     for idx in (fewshot.k_per_class_indices(tf.y, k, s) for s in range(FLAGS.seeds))]
+      logme[name][test] = transferability.logme(tf.x[:LOGME_EXAMPLES], tf.y[:LOGME_EXAMPLES])
     log.info('%s: %s', name, {c: round(100 * float(np.mean(v)), 1) for c, v in acc[name].items()})
   if 'lp-ft' in FLAGS.strategies:
     acc.update(lpft(budgets))
@@ -210,9 +215,11 @@ def main(_):
       FLAGS.workdir, {'accuracy': sweep.summarize(acc), 'per_seed': acc, 'logme': logme, 'spearman': rho,
                       'sources': FLAGS.sources},
       title='Experiment 7: self-supervised and supervised pretraining sources on three digit test sets',
-      caption=('Test accuracy (%) with k labelled real_digits per class — rows "<source>": a logistic-regression '
-               'probe on the frozen features; "<source> lp-ft": fine-tuned (lr tuned per budget) — mean ± std '
-               '(ddof=1) over {n} few-shot subsets; columns: test set @ k.'),
+      caption=('Test accuracy (%) with k labelled digits per class of the test set\'s own training split '
+               '(real_digits train for real_digits and MNIST, USPS train for USPS) — rows "<source>": a '
+               'logistic-regression probe on the frozen features; "<source> lp-ft": fine-tuned (lr tuned per '
+               'budget; "none lp-ft" = scratch) — mean ± std (ddof=1) over {n} few-shot subsets; columns: test '
+               'set @ k.'),
       row_header='source', xlabel='test set @ labels per class', ylabel='accuracy (%)',
       plot_title='linear probes of each pretraining source', notes=notes)
   print(table + '\n' + notes, flush=True)
