@@ -1,18 +1,21 @@
 """Experiment 7 (issue #17): does self-supervised pretraining on unlabelled digits transfer to digits it was
 never tuned on — and does LogME rank the sources the way fine-tuned accuracy does?
 
-Run (needs ../shared/data for USPS and the MNIST test set; `make demo` first for the glyph pretraining):
+Run (needs ../shared/data for USPS and the MNIST test set):
   .venv/bin/python -m experiments.self_supervised_digits [--workdir=runs/self_supervised_digits]
-      [--manual_dir=../shared/data] [--glyphs=runs/demo/pretrain] [--sources=…] [--seeds=3]
+      [--manual_dir=../shared/data] [--glyphs=<a plain glyph pretraining>] [--sources=…] [--seeds=3]
 
 Sources (each pretrained once into <workdir>/pretrain_<source>, or taken from the flag that names it):
   none                the demo CNN, randomly initialised (what the features are worth without pretraining)
-  glyphs              the demo's glyph pretraining (config.pretrain(): 1200 steps on 50k printed glyphs)
-  glyphs_aug          the same on random views of the glyphs (`input.augment`, config.views' defaults)
+  glyphs              the plain glyph pretraining (config.pretrain(): 1200 steps on 50k printed glyphs; the
+                      demo's until this experiment showed glyphs_aug better)
+  glyphs_aug          the same on random views of the glyphs (`input.augment`, config.views' defaults): the
+                      demo's pretraining now (pretrain_glyphs.py:augment)
   simclr              SimCLR on the unlabelled digit pool — real_digits train + USPS train, no label read
                       (experiments/configs/pretrain_ssl_digits.py:simclr, the demo CNN)
   mae                 MAE on the same pool (pretrain_ssl_digits.py:mae, a 4 × 128 patch Transformer)
   glyphs_then_simclr  the glyph pretraining, then SimCLR on the pool (half the steps)
+  glyphs_aug_then_simclr  the same from glyphs_aug
 Pretraining data vs test data: the pool holds training images only; the three test sets — real_digits test
 (1000 MNIST digits), USPS test (2007, full-frame), the MNIST test set (10k) — are never in it
 (tests/test_pool.py compares every image).
@@ -44,8 +47,10 @@ from jaxtransfer.data import catalog, fewshot
 
 flags.DEFINE_string('workdir', 'runs/self_supervised_digits', 'Where pretrainings and results go.')
 flags.DEFINE_string('manual_dir', '../shared/data', 'Where usps.npz and the MNIST test set are.')
-flags.DEFINE_string('glyphs', 'runs/demo/pretrain', 'The glyph pretraining (trained there if missing).')
-flags.DEFINE_list('sources', ['none', 'glyphs', 'glyphs_aug', 'simclr', 'mae', 'glyphs_then_simclr'],
+flags.DEFINE_string('glyphs', '', 'A plain glyph pretraining to use as source glyphs (default: trained into '
+                    '<workdir>/pretrain_glyphs).')
+flags.DEFINE_list('sources', ['none', 'glyphs', 'glyphs_aug', 'simclr', 'mae', 'glyphs_then_simclr',
+                             'glyphs_aug_then_simclr'],
                   'Pretraining sources (module docstring).')
 flags.DEFINE_integer('seeds', 3, 'Few-shot subsets per budget.')
 flags.DEFINE_list('per_class', ['1', '10', '100'], 'Labels per class of the probes.')
@@ -69,7 +74,7 @@ log = logging.getLogger('experiments')
 def _pretrained(name: str) -> str:
   """The workdir of source `name`, pretrained first when it holds no checkpoint."""
   given = dict(p.split('=', 1) for p in FLAGS.pretrained)
-  path = given.get(name) or (FLAGS.glyphs if name == 'glyphs' else os.path.join(FLAGS.workdir, f'pretrain_{name}'))
+  path = given.get(name) or (name == 'glyphs' and FLAGS.glyphs) or os.path.join(FLAGS.workdir, f'pretrain_{name}')
   if checkpoint.manager(os.path.join(path, 'checkpoints')).latest_step() is not None:
     return path
   if name == 'glyphs':
@@ -77,11 +82,12 @@ def _pretrained(name: str) -> str:
   elif name == 'glyphs_aug':
     c = config.pretrain()
     c.input.augment = True
-  elif name in ('simclr', 'mae', 'glyphs_then_simclr'):
+  elif name in ('simclr', 'mae', 'glyphs_then_simclr', 'glyphs_aug_then_simclr'):
     c = pretrain_ssl_digits.get_config('mae' if name == 'mae' else 'simclr')
     c.input.manual_dir, c.train.steps = FLAGS.manual_dir, FLAGS.ssl_steps
-    if name == 'glyphs_then_simclr':
-      c.transfer.init_from, c.model.backbone, c.train.steps = _pretrained('glyphs'), None, FLAGS.ssl_steps // 2
+    if name.endswith('_then_simclr'):
+      c.transfer.init_from = _pretrained(name.removesuffix('_then_simclr'))
+      c.model.backbone, c.train.steps = None, FLAGS.ssl_steps // 2
   else:
     raise errors.ConfigError(f'--sources: unknown source {name!r}')
   log.info('pretraining source %s into %s', name, path)

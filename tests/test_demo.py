@@ -108,3 +108,23 @@ def test_every_demo_strategy_is_in_the_one_table_with_tuned_rates():
   c = demo.finetune_config('scratch', 1, 3, '/nowhere', {'name': 'cnn', 'stages': [4]}, quick=True, lr=0.5)
   assert c.optim.lr == 0.5 and c.transfer.init_from == '' and c.model.backbone == {'name': 'cnn', 'stages': [4]}
   assert c.seed == c.input.subset_seed == 3
+
+
+def test_the_demo_pretrains_on_random_views_of_the_glyphs():
+  from experiments.configs import pretrain_glyphs
+  assert demo.pretrain_config(quick=False).input.augment and demo.pretrain_config(quick=True).input.augment
+  assert pretrain_glyphs.get_config('augment').to_dict() == demo.pretrain_config(quick=False).to_dict()
+  assert not pretrain_glyphs.get_config().input.augment          # the plain one the earlier studies used
+  with pytest.raises(ValueError, match=':augment'):
+    pretrain_glyphs.get_config('augmented')
+
+
+def test_a_pretraining_of_another_config_is_not_reused(quick_demo, monkeypatch):
+  workdir, _ = quick_demo
+  other = demo.pretrain_config(quick=True)
+  other.input.augment = False
+  monkeypatch.setattr(demo, 'pretrain_config', lambda quick: other)
+  monkeypatch.setattr(train, 'train', lambda *a, **kw: pytest.fail('trained on a stale pretraining'))
+  from jaxtransfer import errors
+  with pytest.raises(errors.ConfigError, match=r'pretrain/config.json: a run of another config \(input.augment'):
+    demo.run(str(workdir), seeds=SEEDS, quick=True, per_class=PER_CLASS, strategies=STRATEGIES)
