@@ -180,6 +180,31 @@ def targets(acc: dict[str, dict[str, list[float]]], budgets: list[int]) -> list[
   return lines
 
 
+def plot(path: str, summary: dict[str, dict[str, dict[str, float]]], budgets: list[int]) -> None:
+  """One panel per test set: accuracy vs labels per class, a colour per source, solid = probe, dashed = LP-FT."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(TESTS), figsize=(5 * len(TESTS), 4.2), sharey=True)
+  colours = dict(zip(FLAGS.sources, plt.get_cmap('tab10').colors))
+  for ax, test in zip(axes, TESTS):
+    for row, by_col in summary.items():
+      name, lpft_row = row.removesuffix(' lp-ft'), row.endswith(' lp-ft')
+      ks = [k for k in budgets if f'{test} @{k}' in by_col]
+      ax.errorbar(ks, [100 * by_col[f'{test} @{k}']['mean'] for k in ks],
+                  yerr=[100 * by_col[f'{test} @{k}']['std'] for k in ks], color=colours.get(name), capsize=2,
+                  marker='o', ms=3, ls='--' if lpft_row else '-',
+                  label=None if lpft_row else name + (' (LP-FT: scratch)' if name == 'none' else ''))
+    ax.set(xscale='log', title=f'{test} test', xlabel='labelled digits per class')
+    ax.set_xticks(budgets, [str(k) for k in budgets])
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('test accuracy (%)')
+  axes[0].legend(fontsize=7, title='source (solid: probe, dashed: LP-FT)', title_fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(_):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)
@@ -228,6 +253,7 @@ def main(_):
                'set @ k.'),
       row_header='source', xlabel='test set @ labels per class', ylabel='accuracy (%)',
       plot_title='linear probes of each pretraining source', notes=notes)
+  plot(os.path.join(FLAGS.workdir, 'results.png'), sweep.summarize(acc), budgets)   # replaces the generic plot
   print(table + '\n' + notes, flush=True)
 
 
