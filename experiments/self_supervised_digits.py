@@ -45,21 +45,6 @@ from experiments.configs import pretrain_ssl_digits
 from jaxtransfer import checkpoint, config, errors, features, runtime, sweep, train, transferability
 from jaxtransfer.data import catalog, fewshot
 
-flags.DEFINE_string('workdir', 'runs/self_supervised_digits', 'Where pretrainings and results go.')
-flags.DEFINE_string('manual_dir', '../shared/data', 'Where usps.npz and the MNIST test set are.')
-flags.DEFINE_string('glyphs', '', 'A plain glyph pretraining to use as source glyphs (default: trained into '
-                    '<workdir>/pretrain_glyphs).')
-flags.DEFINE_list('sources', ['none', 'glyphs', 'glyphs_aug', 'simclr', 'mae', 'glyphs_then_simclr',
-                             'glyphs_aug_then_simclr'],
-                  'Pretraining sources (module docstring).')
-flags.DEFINE_integer('seeds', 3, 'Few-shot subsets per budget.')
-flags.DEFINE_list('per_class', ['1', '10', '100'], 'Labels per class of the probes.')
-flags.DEFINE_list('pretrained', [], 'name=workdir pairs: a source already pretrained elsewhere (e.g. '
-                  'simclr=runs/simclr_digits,mae=runs/mae_digits, the pretrain_ssl_digits.py runs).')
-flags.DEFINE_list('strategies', ['probe', 'lp-ft'], 'probe (frozen features) and/or lp-ft (fine-tuning runs).')
-flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'LP-FT learning rates tuned per source and budget.')
-flags.DEFINE_integer('workers', 1, 'Worker processes for the LP-FT runs (sweep.run).')
-flags.DEFINE_integer('ssl_steps', 2000, 'Steps of each self-supervised pretraining (glyphs_then_simclr: half).')
 FLAGS = flags.FLAGS
 
 TESTS = {'real_digits': ('real_digits', 'test'), 'usps': ('real_digits/usps', 'test'),
@@ -205,6 +190,25 @@ def plot(path: str, summary: dict[str, dict[str, dict[str, float]]], budgets: li
   plt.close(fig)
 
 
+def define_flags() -> None:
+  """The command line's flags (defined only when run as a script, so tests can import the module's functions
+  beside other experiments that define flags of the same names)."""
+  flags.DEFINE_string('workdir', 'runs/self_supervised_digits', 'Where pretrainings and results go.')
+  flags.DEFINE_string('manual_dir', '../shared/data', 'Where usps.npz and the MNIST test set are.')
+  flags.DEFINE_string('glyphs', '', 'A plain glyph pretraining to use as source glyphs (default: trained into '
+                      '<workdir>/pretrain_glyphs).')
+  flags.DEFINE_list('sources', ['none', 'glyphs', 'glyphs_aug', 'simclr', 'mae', 'glyphs_then_simclr',
+                                 'glyphs_aug_then_simclr'], 'Pretraining sources (module docstring).')
+  flags.DEFINE_integer('seeds', 3, 'Few-shot subsets per budget.')
+  flags.DEFINE_list('per_class', ['1', '10', '100'], 'Labels per class of the probes.')
+  flags.DEFINE_list('pretrained', [], 'name=workdir pairs: a source already pretrained elsewhere (e.g. '
+                    'simclr=runs/simclr_digits,mae=runs/mae_digits, the pretrain_ssl_digits.py runs).')
+  flags.DEFINE_list('strategies', ['probe', 'lp-ft'], 'probe (frozen features) and/or lp-ft (fine-tuning runs).')
+  flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3', '1e-2'], 'LP-FT learning rates tuned per source and budget.')
+  flags.DEFINE_integer('workers', 1, 'Worker processes for the LP-FT runs (sweep.run).')
+  flags.DEFINE_integer('ssl_steps', 2000, 'Steps of each self-supervised pretraining (glyphs_then_simclr: half).')
+
+
 def main(_):
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)
@@ -258,4 +262,5 @@ def main(_):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
