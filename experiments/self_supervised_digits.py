@@ -41,7 +41,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.configs import pretrain_ssl_digits
+from experiments.configs import pretrain_glyphs, pretrain_ssl_digits
 from jaxtransfer import checkpoint, config, errors, features, runtime, sweep, train, transferability
 from jaxtransfer.data import catalog, fewshot
 
@@ -62,11 +62,8 @@ def _pretrained(name: str) -> str:
   path = given.get(name) or (name == 'glyphs' and FLAGS.glyphs) or os.path.join(FLAGS.workdir, f'pretrain_{name}')
   if checkpoint.manager(os.path.join(path, 'checkpoints')).latest_step() is not None:
     return path
-  if name == 'glyphs':
-    c = config.pretrain()
-  elif name == 'glyphs_aug':
-    c = config.pretrain()
-    c.input.augment = True
+  if name in ('glyphs', 'glyphs_aug'):
+    c = pretrain_glyphs.get_config('augment' if name == 'glyphs_aug' else '')
   elif name in ('simclr', 'mae', 'glyphs_then_simclr', 'glyphs_aug_then_simclr'):
     c = pretrain_ssl_digits.get_config('mae' if name == 'mae' else 'simclr')
     c.input.manual_dir, c.train.steps = FLAGS.manual_dir, FLAGS.ssl_steps

@@ -93,7 +93,7 @@ def run(workdir: str, *, seeds: int = 3, quick: bool = False, per_class: tuple[i
   os.makedirs(workdir, exist_ok=True)
   pre = pretrain_config(quick)
   pretrain_dir = os.path.join(workdir, 'pretrain')
-  sweep.cached(sweep.Run('pretrain', 0, pre.seed, pre, pretrain_dir))   # a pretraining of another config: an error
+  sweep.check_trained_config(pre, pretrain_dir)     # a finished pretraining of another config is not reused
   log.info('demo: pretraining on %s → %s', pre.data, pretrain_dir)
   pre_out = train.train(pre, pretrain_dir)
   log.info('demo: pretrained, %s test accuracy %.4f', pre.data, pre_out.metrics['accuracy'])

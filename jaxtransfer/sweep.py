@@ -108,14 +108,23 @@ def _flat(d: Any, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def _check_same_config(path: str, saved: Any, run: Run) -> None:
+def _check_same_config(path: str, saved: Any, config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir that ran another config is an error: its checkpoints would be resumed (or its result
   reused) for the wrong run. Keys only one side has (the schema grew) do not count."""
-  a, b = _flat(saved), _flat(_config_json(run.config))
+  a, b = _flat(saved), _flat(_config_json(config))
   differ = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
   if differ:
     raise errors.ConfigError(f'{path}: a run of another config ({", ".join(differ[:3])} differ); '
-                             f'delete {run.workdir} or use another workdir')
+                             f'delete {workdir} or use another workdir')
+
+
+def check_trained_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """ConfigError when `workdir` holds a run that `train.train` finished with another config (its
+  config.json), so that run is not silently reused for this one."""
+  trained = os.path.join(workdir, 'config.json')   # train.train's record of a run it finished
+  if os.path.exists(trained):
+    with open(trained) as f:
+      _check_same_config(trained, json.load(f), config, workdir)
 
 
 def cached(run: Run) -> Result | None:
@@ -123,15 +132,12 @@ def cached(run: Run) -> Result | None:
   when the workdir holds a run (finished, or trained by `train.train` to the end) of another config."""
   path = os.path.join(run.workdir, FINAL)
   if not os.path.exists(path):
-    trained = os.path.join(run.workdir, 'config.json')   # train.train's record of a run it finished
-    if os.path.exists(trained):
-      with open(trained) as f:
-        _check_same_config(trained, json.load(f), run)
+    check_trained_config(run.config, run.workdir)
     return None
   with open(path) as f:
     done = json.load(f)
   if 'config' in done:
-    _check_same_config(path, done['config'], run)
+    _check_same_config(path, done['config'], run.config, run.workdir)
   return Result(run.row, run.col, run.seed, run.workdir, done['metrics'], done.get('wall_s', 0.0),
                 done.get('cpu_s', 0.0))
 
