@@ -65,3 +65,28 @@ def test_curve_fine_tunes_every_kept_checkpoint_and_puts_scratch_at_step_0(tmp_p
   curve = [result('mlm full', 500, s, 0.65 + s / 10) for s in (0, 1)]
   cs = T.curve_summary(grid, curve)['mlm full at 300 labels']
   assert list(cs) == ['0', '500'] and cs['0']['mean'] == pytest.approx(0.65) and cs['500']['mean'] == pytest.approx(0.70)
+
+
+def test_minilm_fine_tunes_take_their_own_step_budget_and_untuned_budgets_the_nearest_lr(tmp_path, monkeypatch):
+  a = T.parse([f'--workdir={tmp_path}', '--mlm=/ckpt/mlm', '--minilm=/ckpt/minilm', '--tune_budgets=300,0',
+               '--steps=300', '--minilm_steps=100'])
+  assert a.tune_budgets == (300, 0)
+  steps = {s: T.make_config(s, 300, 0, 1e-3, a=a).train.steps for s in T.STRATEGIES}
+  assert steps == {'scratch': 300, 'mlm head': 300, 'mlm full': 300, 'minilm head': 300, 'minilm full': 100,
+                   'minilm lora:8': 100, 'minilm llrd': 100, 'minilm dapt full': 100}
+  c = T.make_config('minilm full', 300, 0, 1e-3, a=a)
+  assert (c.train.checkpoint_every, c.optim.warmup_steps) == (100, 10)
+  # 100 → 300 (log distance 1.10 vs 2.77), 1000 → 1600 (0.47 vs 1.20)
+  assert [T.nearest_tuned(n, a.tune_budgets) for n in (100, 300, 1000, 0)] == [300, 300, 0, 0]
+  tuned = []
+
+  def fake_tune(make, strategies, budgets, lrs, seeds, workdir, **kw):
+    tuned.append((strategies[0], tuple(budgets)))
+    return {'best_lr': {strategies[0]: {300: 1e-4, 0: 5e-5}}}
+
+  from experiments import tune_lr
+  monkeypatch.setattr(tune_lr, 'tune', fake_tune)
+  lrs = T.stage_tune(a, [T.TFIDF, 'minilm dapt full', 'minilm head'])
+  # DAPT is not tuned itself: 'minilm full' is, once, at the tune budgets only
+  assert tuned == [('minilm full', (300, 0)), ('minilm head', (300, 0))]
+  assert lrs['minilm dapt full'] == {100: 1e-4, 300: 1e-4, 1000: 5e-5, 0: 5e-5} and T.TFIDF not in lrs
