@@ -36,6 +36,7 @@ exists): an end-to-end check in a few minutes.
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -74,7 +75,7 @@ def _col(n: int) -> int:
 
 def run_steps(strategy: str, a: argparse.Namespace) -> int:
   """Adam steps of one fine-tune: --minilm_steps when the 22.7M-parameter MiniLM itself trains (its training loss
-  is ~0.005 after 100 steps at 300 labels, and one step costs ~40× the small encoder's), else --steps."""
+  is ~0.002 after 100 steps at 300 labels, and one step costs ~40× the small encoder's), else --steps."""
   source, trainable = STRATEGIES[strategy][:2]
   return a.minilm_steps if source in ('minilm', 'dapt') and trainable != 'head' else a.steps
 
@@ -182,7 +183,6 @@ def available(a: argparse.Namespace) -> list[str]:
 
 def nearest_tuned(n: int, tuned: tuple[int, ...]) -> int:
   """The tuned budget closest to budget `n` on a log scale (0 = all labels)."""
-  import math
   return min(tuned, key=lambda t: (abs(math.log(_col(t)) - math.log(_col(n))), _col(t)))
 
 
@@ -277,8 +277,8 @@ def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[s
   notes = [f'Budget: {a.steps} Adam steps of 32 per fine-tune ({a.minilm_steps} when MiniLM itself trains; head-only '
            f'cells train on cached features). "{ALL}" = all training sentences. Learning rates tuned on the validation '
            f"split at {', '.join(str(_col(n)) for n in a.tune_budgets)} labels (results.json 'best_lr'; other budgets "
-           "take the nearest tuned budget's lr, 'minilm dapt full' the lr of 'minilm full'); TF-IDF's C and min_df by "
-           '5-fold CV on the training labels.']
+           "take the nearest tuned budget's lr" + ''.join(f", '{s}' the lr of '{t}'" for s, t in LR_OF.items())
+           + "); TF-IDF's C and min_df by 5-fold CV on the training labels."]
   if shift:
     sh = sweep.summarize(sweep.values(shift, 'accuracy'))
     results['domain_shift'] = sh
