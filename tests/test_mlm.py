@@ -169,6 +169,21 @@ def test_unselected_positions_get_exactly_zero_loss_and_gradient():
   assert float(jnp.sum(nll)) == 0.0 and float(jnp.sum(correct)) == 0.0
 
 
+def test_masked_accuracy_counts_the_argmax_hits_of_valid_positions_only():
+  """`correct` (the target's logit is the largest) equals argmax == target at valid positions, 0 elsewhere."""
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.normal(size=(4, 6, 30)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 30, (4, 6)), jnp.int32)
+  targets = targets.at[:2].set(jnp.argmax(logits[:2], -1))          # rows 0–1 all right, rows 2–3 mostly wrong
+  valid = jnp.asarray(rng.random((4, 6)) < 0.7)
+  nll, correct = mlm.masked_losses(logits, targets, valid)
+  expected = (np.argmax(np.asarray(logits), -1) == np.asarray(targets)) & np.asarray(valid)
+  assert np.array_equal(np.asarray(correct), expected.astype(np.float32))
+  assert 0 < expected.sum() < np.asarray(valid).sum()
+  ref = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(targets)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(np.asarray(nll), np.where(np.asarray(valid), ref, 0.0), rtol=1e-5, atol=1e-6)
+
+
 def test_mlm_pretraining_learns_saves_its_tokenizer_and_resumes_bit_identically(corpus, tmp_path):
   c = mlm_config(corpus)
   full = train.train(c, str(tmp_path / 'full'))
