@@ -259,3 +259,23 @@ def test_an_all_padding_row_stays_finite(attention):
   assert bool(jnp.isfinite(jax.jit(m.apply)(v, x)).all())
   grads = jax.jit(jax.grad(lambda v: jnp.sum(m.apply(v, x) ** 2)))(v)
   assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_dropout_matches_flax_dropout_and_its_gradient_is_the_saved_mask(rate):
+  """`transformer.Dropout` draws the mask `nn.Dropout` draws (same rng stream, same outputs) and its gradient is
+  keep / (1 − rate) at every element; deterministic, or rate 0, is the identity; rate 1 gives zeros."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+  rngs = {'dropout': jax.random.key(3)}
+  ours = lambda y: transformer.Dropout(rate, False).apply({}, y, rngs=rngs)
+  ref = nn.Dropout(rate, deterministic=False).apply({}, x, rngs=rngs)
+  out = np.asarray(ours(x))
+  assert np.array_equal(out, np.asarray(ref))
+  keep = out != 0
+  assert abs(keep.mean() - (1 - rate)) < 0.1 and not keep.all()
+  grad = np.asarray(jax.grad(lambda y: jnp.sum(ours(y) * 2.0))(x))
+  np.testing.assert_allclose(grad, np.where(keep, 2.0 / (1 - rate), 0.0), rtol=1e-6)
+  assert np.array_equal(np.asarray(transformer.Dropout(rate, True).apply({}, x)), np.asarray(x))
+  assert np.array_equal(np.asarray(transformer.Dropout(0.0, False).apply({}, x)), np.asarray(x))
+  assert not np.any(np.asarray(transformer.Dropout(1.0, False).apply({}, x, rngs=rngs)))
