@@ -170,7 +170,8 @@ def test_unselected_positions_get_exactly_zero_loss_and_gradient():
 
 
 def test_masked_accuracy_counts_the_argmax_hits_of_valid_positions_only():
-  """`correct` (the target's logit is the largest) equals argmax == target at valid positions, 0 elsewhere."""
+  """`correct` (the target's logit is the only largest) equals argmax == target at valid positions, 0 elsewhere;
+  a tie counts as wrong (constant logits must not read as 100 % accuracy)."""
   rng = np.random.default_rng(3)
   logits = jnp.asarray(rng.normal(size=(4, 6, 30)), jnp.float32)
   targets = jnp.asarray(rng.integers(0, 30, (4, 6)), jnp.int32)
@@ -180,6 +181,8 @@ def test_masked_accuracy_counts_the_argmax_hits_of_valid_positions_only():
   expected = (np.argmax(np.asarray(logits), -1) == np.asarray(targets)) & np.asarray(valid)
   assert np.array_equal(np.asarray(correct), expected.astype(np.float32))
   assert 0 < expected.sum() < np.asarray(valid).sum()
+  _, tied = mlm.masked_losses(jnp.zeros((4, 6, 30)), jnp.zeros((4, 6), jnp.int32), valid)   # argmax would say 0 = right
+  assert not np.any(np.asarray(tied))
   ref = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(targets)[..., None], -1)[..., 0]
   np.testing.assert_allclose(np.asarray(nll), np.where(np.asarray(valid), ref, 0.0), rtol=1e-5, atol=1e-6)
 

@@ -67,10 +67,12 @@ def masked_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tu
   """(cross-entropy, correct) per gathered position (B, K), both exactly 0 where not `valid`."""
   logits = logits.astype(jnp.float32)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  # correct = the target's logit is the largest: argmax's (value, index) reduction over the vocabulary costs
-  # as much as the softmax itself on CPU; a max reduction is shared with the cross-entropy's (ties: measure 0)
+  # correct = the target's logit is the largest, and the only largest (a tie, e.g. a head giving every token
+  # the same logit, counts as wrong): argmax's (value, index) reduction over the vocabulary costs as much as
+  # the softmax itself on CPU; the max is shared with the cross-entropy's
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  correct = (target_logit >= jnp.max(logits, -1)).astype(jnp.float32)
+  top = jnp.max(logits, -1, keepdims=True)
+  correct = ((target_logit >= top[..., 0]) & (jnp.sum(logits >= top, -1) == 1)).astype(jnp.float32)
   return jnp.where(valid, nll, 0.0), jnp.where(valid, correct, 0.0)
 
 
