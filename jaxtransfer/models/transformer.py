@@ -59,6 +59,7 @@ projections are flax's own modules): a ConfigError.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -97,19 +98,18 @@ def _layer_norm(layout: str, name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-12 if layout == 'bert' else 1e-6, name=name)
 
 
-@jax.custom_vjp
-def _dropout(x: jax.Array, keep: jax.Array, keep_prob: float) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dropout(keep_prob: float, x: jax.Array, keep: jax.Array) -> jax.Array:
   """x / keep_prob where `keep`, else 0 — `nn.Dropout`'s output, with a gradient that reads the saved mask."""
   return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
 
 
-def _dropout_fwd(x, keep, keep_prob):
-  return _dropout(x, keep, keep_prob), (keep, keep_prob)
+def _dropout_fwd(keep_prob, x, keep):
+  return _dropout(keep_prob, x, keep), keep
 
 
-def _dropout_bwd(res, g):
-  keep, keep_prob = res
-  return jax.lax.select(keep, g / keep_prob, jnp.zeros_like(g)), None, None
+def _dropout_bwd(keep_prob, keep, g):
+  return jax.lax.select(keep, g / keep_prob, jnp.zeros_like(g)), None
 
 
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
@@ -133,7 +133,7 @@ class Dropout(nn.Module):
       return jnp.zeros_like(x)
     keep_prob = 1.0 - self.rate
     keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, x.shape)
-    return _dropout(x, keep, keep_prob)
+    return _dropout(keep_prob, x, keep)
 
 
 def _gelu(layout: str, x: jax.Array) -> jax.Array:
