@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from experiments.benchmarks import report
 from experiments.benchmarks import run as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +71,20 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert res['ssl_step_over_supervised_step'] == pytest.approx(a['median_ms']['simclr'] / a['median_ms']['supervised'],
                                                                rel=1e-2)
   assert 0 < a['flops_ratio']['mae/full'] < 1 < a['flops_ratio']['simclr/supervised'], a['flops']
+  # Both records say which CPU they were read on (the same code runs 1.6× apart on two 2-core machines).
+  for machine in (raw['machine'], m['machine']):
+    assert machine['cpu'] == report.cpu_model() and machine['cpu'] and isinstance(machine['avx512'], bool)
+    assert machine['cpu_count'] == os.cpu_count() and len(machine['loadavg_end']) == 3
   md = (out / 'bench.md').read_text()
-  assert all(k in md for k in bench.TOP_KEYS)
+  assert all(k in md for k in bench.TOP_KEYS) and raw['machine']['cpu'] in md
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back_without_cpuinfo(tmp_path):
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B45  \nflags\t\t: fpu avx512f\n')
+  assert report.cpu_model(str(info)) == 'AMD EPYC 9B45'
+  fallback = report.cpu_model(str(tmp_path / 'missing'))
+  assert fallback and fallback != 'AMD EPYC 9B45'
 
 
 def test_mlm_torch_twin_computes_the_jax_models_loss_and_times_its_step():

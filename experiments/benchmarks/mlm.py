@@ -300,9 +300,7 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
       'torch': torch_info,
       'torch_also': {str(n): {**info, 'jax_over_this_torch': med['jax_mlm_step'] / med[f'torch_mlm_step_{n}_threads']}
                      for n, (_, info) in also.items()},
-      'machine': {'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-                  'loadavg_start': [round(x, 2) for x in load0],
-                  'loadavg_end': [round(x, 2) for x in os.getloadavg()]},
+      'machine': report.machine(load0),
       'seconds': round(time.time() - started, 1),
   }
   return res
@@ -326,7 +324,7 @@ def markdown(res: dict[str, Any]) -> str:
     torch_line += (f' Same rounds, torch with {n} thread(s): JAX / that step = {info["jax_over_this_torch"]:.3f} '
                    '(raw only; see the module docstring).')
   return (report.table(f'Masked-LM pretraining step, batch {raw["batch"][0]} × {raw["batch"][1]}, {raw["rounds"]} '
-                       f'interleaved rounds, load average {raw["machine"]["loadavg_start"]} → '
+                       f'interleaved rounds, {raw["machine"]["cpu"]}, load average {raw["machine"]["loadavg_start"]} → '
                        f'{raw["machine"]["loadavg_end"]}', ('quantity', 'value', 'target'), rows)
           + '\n' + torch_line + '\n')
 

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import platform
 from collections.abc import Callable, Iterable, Sequence
 
 
@@ -11,6 +12,35 @@ def table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -
   lines = [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
+
+
+def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
+  """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) …'), else `platform.processor()`: the same code runs
+  1.6× apart on two 2-core machines, so a benchmark's figures say which CPU they were read on."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.lower().startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine(loadavg_start: Sequence[float], **extra: object) -> dict:
+  """The record of where a benchmark ran: cores, CPU model, AVX-512 or not, jax, XLA flags, load average at
+  the start and now, plus `extra`."""
+  import jax
+  flags = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = next((line for line in f if line.startswith('flags')), '')
+  except OSError:
+    pass
+  return {'cpu_count': os.cpu_count(), 'cpu': cpu_model(), 'avx512': ' avx512f' in flags,
+          'python': platform.python_version(), 'jax': jax.__version__, **extra,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'loadavg_start': [round(x, 2) for x in loadavg_start],
+          'loadavg_end': [round(x, 2) for x in os.getloadavg()]}
 
 
 def write(out: str, stem: str, results: dict, markdown: str) -> None:

@@ -64,7 +64,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -588,10 +587,7 @@ def bench(args) -> dict:
       'split_devices': split,
       'models': {**backbones, 'head': {'name': 'linear', 'num_outputs': NUM_OUTPUTS}},
       'targets': TARGETS,
-      'machine': {'cpu_count': os.cpu_count(), 'python': platform.python_version(), 'jax': jax.__version__,
-                  'devices': [str(d) for d in jax.devices()], 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-                  'loadavg_start': [round(x, 2) for x in load0],
-                  'loadavg_end': [round(x, 2) for x in os.getloadavg()]},
+      'machine': report.machine(load0, devices=[str(d) for d in jax.devices()]),
       'timings': timings, 'ratios': ratios_all, 'gflops': gflops, 'adam_bytes': adam, 'pipeline': pipe,
       'torch': torch_info, 'experiments': experiments, 'seconds': round(time.time() - started, 1), 'phase_seconds': phases,
       'mlm': mlm_res, 'lora': lora_res, 'self_supervised': ssl_res,
@@ -602,7 +598,7 @@ def bench(args) -> dict:
 
 def markdown(res: dict) -> str:
   raw = res['raw']
-  lines = ['# jaxtransfer benchmark', '', f'`{raw["command"]}` — {raw["machine"]["cpu_count"]} CPU cores, jax '
+  lines = ['# jaxtransfer benchmark', '', f'`{raw["command"]}` — {raw["machine"]["cpu_count"]} cores of {raw["machine"]["cpu"]}, jax '
            f'{raw["machine"]["jax"]}, load average {raw["machine"]["loadavg_start"]} → {raw["machine"]["loadavg_end"]}, '
            f'{raw["rounds"]} interleaved rounds, {raw["seconds"]} s.', '',
            '| ratio | value | target |', '| --- | --- | --- |']
