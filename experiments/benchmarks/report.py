@@ -14,30 +14,27 @@ def table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -
   return '\n'.join(lines) + '\n'
 
 
+def _cpuinfo_field(name: str, cpuinfo: str) -> str | None:
+  """The first `name : value` of a /proc/cpuinfo-style file (None without the file or the field)."""
+  try:
+    with open(cpuinfo) as f:
+      return next((line.split(':', 1)[1].strip() for line in f if line.lower().startswith(name)), None)
+  except OSError:
+    return None
+
+
 def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
   """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) …'), else `platform.processor()`: the same code runs
   1.6× apart on two 2-core machines, so a benchmark's figures say which CPU they were read on."""
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        if line.lower().startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  return _cpuinfo_field('model name', cpuinfo) or platform.processor() or platform.machine()
 
 
 def machine(loadavg_start: Sequence[float], **extra: object) -> dict:
   """The record of where a benchmark ran: cores, CPU model, AVX-512 or not, jax, XLA flags, load average at
   the start and now, plus `extra`."""
   import jax
-  flags = ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags = next((line for line in f if line.startswith('flags')), '')
-  except OSError:
-    pass
-  return {'cpu_count': os.cpu_count(), 'cpu': cpu_model(), 'avx512': ' avx512f' in flags,
+  flags = (_cpuinfo_field('flags', '/proc/cpuinfo') or '').split()
+  return {'cpu_count': os.cpu_count(), 'cpu': cpu_model(), 'avx512': 'avx512f' in flags,
           'python': platform.python_version(), 'jax': jax.__version__, **extra,
           'xla_flags': os.environ.get('XLA_FLAGS', ''), 'loadavg_start': [round(x, 2) for x in loadavg_start],
           'loadavg_end': [round(x, 2) for x in os.getloadavg()]}
