@@ -6,7 +6,10 @@ for a training step). glibc serves an allocation that large with a fresh `mmap` 
 `M_MMAP_MAX` says — so the kernel zero-fills and maps every page again at each step, a large share of
 the step's time (`experiments/benchmarks/run.py` measures it; numbers in BUILD_NOTES.md "Performance").
 The fix is what a caching allocator does: one malloc arena for all threads, no mmap'd chunks, no
-trimming, so a freed buffer is reused by the next step in place (no page faults per step).
+trimming, so a freed buffer is reused by the next step in place (no page faults per step). "No trimming"
+is M_TRIM_THRESHOLD = -1 (mallopt(3): "disables trimming completely"); the largest positive value, 2³¹ − 1,
+is not enough — a masked-LM step whose heap peaked at 2.2 GB (two steps in flight) was trimmed and faulted
+in again at every step, 35 % system time (BUILD_NOTES).
 
 `keep_freed_memory()` sets that with `mallopt`; `runtime.configure()` calls it (before XLA starts its
 threads). Importing jaxtransfer does not. Cost: the process keeps its peak heap instead of returning it
@@ -42,8 +45,8 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  # mallopt returns 1 on success; the trim threshold's int argument caps it at 2 GiB - 1.
+  # mallopt returns 1 on success; a trim threshold of -1 is SIZE_MAX: the heap is never trimmed.
   ok = [mallopt(option, value) == 1 for option, value in
-        ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))]
+        ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))]
   _applied = _applied or any(ok)
   return all(ok)
