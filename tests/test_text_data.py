@@ -48,6 +48,29 @@ def test_wikitext2_sentences_cut_paragraphs_at_full_stops(data_dir):
   assert ' '.join(sentences[:3]) in ' '.join(paragraphs[:3])     # in order, nothing dropped
 
 
+def test_passages_are_word_spans_that_never_cross_a_heading(tmp_path):
+  raw = tmp_path / 'wiki.raw'
+  raw.write_text(' \n = A = \n \n one two three . four five . \n six . \n = = B = = \n seven eight nine . \n',
+                 encoding='utf-8')
+  assert text.wikitext_passages(str(raw), max_words=3) == [
+      'one two three', '. four five', '. six .',      # section A: its words in order, across paragraphs
+      'seven eight nine', '.']                        # section B starts a span of its own
+  assert text.wikitext_sentences(str(raw)) == ['one two three .', 'four five .', 'six .', 'seven eight nine .']
+
+
+def test_wikitext2_passages_hold_every_word_in_spans_of_passage_words(data_dir):
+  _need(text.WIKITEXT_DIR)
+  path = os.path.join(SHARED, text.WIKITEXT_DIR, text.WIKITEXT_FILES['validation'])
+  spans = text.wikitext_passages(path)
+  info = catalog.info('wikitext2/passages', data_dir, manual_dir=SHARED)
+  assert info.splits['validation'] == len(spans)
+  src = catalog.load('wikitext2/passages', 'validation', data_dir=data_dir, manual_dir=SHARED)
+  assert [src[i]['text'].decode() for i in range(50)] == spans[:50]
+  lengths = np.array([len(s.split()) for s in spans])
+  assert lengths.max() == text.PASSAGE_WORDS and lengths.mean() > 0.9 * text.PASSAGE_WORDS
+  assert ' '.join(spans).split() == ' '.join(text.wikitext_sentences(path)).split()   # nothing dropped
+
+
 @pytest.mark.parametrize('config,n_test', [('amazon', 200), ('both', 400)])
 def test_sentiment_sentences_split(data_dir, config, n_test):
   _need(text.SENTIMENT_DIR)
