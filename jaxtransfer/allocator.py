@@ -8,7 +8,7 @@ the step's time (`experiments/benchmarks/run.py` measures it; numbers in BUILD_N
 The fix is what a caching allocator does: one malloc arena for all threads, no mmap'd chunks, no
 trimming, so a freed buffer is reused by the next step in place (no page faults per step). "No trimming"
 is M_TRIM_THRESHOLD = -1 (mallopt(3): "disables trimming completely"); the largest positive value, 2³¹ − 1,
-is not enough — a masked-LM step whose heap peaked at 2.2 GB (two steps in flight) was trimmed and faulted
+is not enough — the masked-LM pretraining, whose heap grew by 2.2 GB within each step, was trimmed and faulted
 in again at every step, 35 % system time (BUILD_NOTES).
 
 `keep_freed_memory()` sets that with `mallopt`; `runtime.configure()` calls it (before XLA starts its
