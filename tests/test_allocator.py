@@ -59,6 +59,8 @@ size = int(sys.argv[2])
 
 def peak():                    # a step's buffers: malloc'd, written, freed
   p = libc.malloc(size)
+  if not p:
+    sys.exit(f'malloc({size}) failed')
   ctypes.memset(p, 1, size)
   libc.free(p)
 
@@ -81,7 +83,8 @@ def test_a_heap_peak_above_2gib_is_kept_too():
                          timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert out.returncode == 0, out.stderr[-2000:]
     faults[setting] = int(out.stdout.strip().splitlines()[-1])
-  assert faults['off'] > size // 2**21, faults      # glibc's default: the peak is mapped anew (≥ 1 fault per 2 MiB)
+  assert faults['off'] > size // 2**22, faults      # glibc's default maps the peak anew (> 1 fault per 4 MiB even
+                                                    # with transparent huge pages)
   assert faults['on'] < 64, faults
 
 
