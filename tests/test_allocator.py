@@ -28,9 +28,10 @@ print(min(windows))
 '''
 
 
-def _faults_per_call(setting: str) -> float:
+def _faults_per_call(setting: str, probe: str = PROBE, *args: str) -> float:
+  """The last number `probe` prints, run in a subprocess with JAXTRANSFER_MALLOC=`setting`."""
   env = dict(os.environ, JAXTRANSFER_MALLOC=setting, JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-c', PROBE], env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run([sys.executable, '-c', probe, *args], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   return float(out.stdout.strip().splitlines()[-1])
 
@@ -50,11 +51,10 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
 PEAK_PROBE = r'''
 import ctypes, ctypes.util, resource, sys
 from jaxtransfer import allocator
-if sys.argv[1] == 'on':
-  allocator.keep_freed_memory()
+allocator.keep_freed_memory()   # a no-op under JAXTRANSFER_MALLOC=off
 libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
-size = int(sys.argv[2])
+size = int(sys.argv[1])
 
 
 def peak():                    # a step's buffers: malloc'd, written, freed
@@ -77,12 +77,7 @@ def test_a_heap_peak_above_2gib_is_kept_too():
   """The trim threshold is 'never' (-1), not the largest int: a peak above 2 GiB is reused in place, not returned
   to the OS and faulted in again (what slowed the masked-LM pretraining 1.7×: its heap grew by 2.2 GB a step)."""
   size = 2**31 + 2**26           # just above the largest positive trim threshold, 2 GiB − 1
-  faults = {}
-  for setting in ('on', 'off'):
-    out = subprocess.run([sys.executable, '-c', PEAK_PROBE, setting, str(size)], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-    assert out.returncode == 0, out.stderr[-2000:]
-    faults[setting] = int(out.stdout.strip().splitlines()[-1])
+  faults = {setting: _faults_per_call(setting, PEAK_PROBE, str(size)) for setting in ('on', 'off')}
   assert faults['off'] > size // 2**22, faults      # glibc's default maps the peak anew (> 1 fault per 4 MiB even
                                                     # with transparent huge pages)
   assert faults['on'] < 64, faults
