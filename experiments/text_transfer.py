@@ -92,6 +92,8 @@ def make_config(strategy: str, n: int, seed: int, lr: float, *, a: argparse.Name
   steps = run_steps(strategy, a)
   c.train.steps, c.train.checkpoint_every, c.train.log_every = steps, steps, max(steps // 3, 1)
   c.optim.warmup_steps = min(c.optim.warmup_steps, steps // 10)
+  if source in ('scratch', 'mlm'):   # twins: the same architecture and fine-tuning dropout, only the init differs
+    c.model.backbone_dropout = pretrain_mlm_wikitext.BACKBONE['dropout']
   if source == 'scratch':
     c.transfer.init_from = ''
     c.model.backbone = dict(pretrain_mlm_wikitext.BACKBONE)

@@ -9,6 +9,7 @@ and `finetune()` on real handwritten digits (task B).
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxtransfer import errors
 
@@ -65,6 +66,9 @@ def base() -> ml_collections.ConfigDict:
   c.model.head = 'linear'               # classification head: 'linear' | 'mlp' (multi-task: see config.tasks)
   c.model.head_hidden = (128,)          # MLP head: one new Dense layer per entry
   c.model.head_dropout = 0.0
+  # The backbone's dropout rate for this run, replacing its spec's (with init_from: the pretraining's own).
+  # None = the spec's. BERT-style runs pretrain an underfitting encoder without dropout and fine-tune with it.
+  c.model.backbone_dropout = config_dict.placeholder(float)
   c.model.num_outputs = 0               # 0 = the dataset's number of classes
 
   # Multi-task runs (objective = 'multitask', issue #3): the tasks, name -> {'kind': 'binary' | 'multilabel'
@@ -245,6 +249,7 @@ RANGES = {
     'transfer.drop_last_blocks': (0, None, True, True),
     'model.num_outputs': (0, None, True, True),
     'model.head_dropout': (0.0, 1.0, True, False),
+    'model.backbone_dropout': (0.0, 1.0, True, False),
     'optim.lr': (0.0, None, False, True),
     'optim.lp_lr': (0.0, None, False, True),
     'optim.warmup_steps': (0, None, True, True),
@@ -285,6 +290,7 @@ RANGES = {
     'views.brightness': (0.0, None, True, True),
 }
 INTEGER_KEYS = frozenset(k for k, (low, *_) in RANGES.items() if isinstance(low, int))
+OPTIONAL_KEYS = frozenset({'model.backbone_dropout'})   # None = unset (the spec's value)
 _ABSENT = object()
 
 
@@ -313,7 +319,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   for key, (low, high, low_ok, high_ok) in RANGES.items():
     value = _get(config, key)
-    if value is _ABSENT:
+    if value is _ABSENT or (value is None and key in OPTIONAL_KEYS):
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise _bad(key, value, 'expected a number')

@@ -53,6 +53,9 @@ def model_spec(config: ml_collections.ConfigDict, num_outputs: int,
     backbone = transfer.source_backbone_spec(config.transfer.init_from, config.transfer.drop_last_blocks)
   else:
     raise errors.ConfigError('config.model.backbone is empty and there is no transfer.init_from to take it from')
+  dropout = config.model.get('backbone_dropout')
+  if dropout is not None:   # e.g. an MLM encoder pretrained without dropout, fine-tuned with it
+    backbone = {**backbone, 'dropout': float(dropout)}
   # trainable='lora:R': the encoder gets rank-R adapters (config.lora; a no-op for other presets).
   lora_config = config.get('lora', {})
   backbone = lora.with_adapters(backbone, config.trainable,

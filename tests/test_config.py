@@ -49,7 +49,8 @@ def test_experiment_configs_pass(path):
     ('optim.llrd', 1.5), ('optim.l2sp', -0.1), ('optim.l2sp_head', -0.1), ('optim.unfreeze_every', -1),
     ('optim.lp_steps', -1), ('optim.lp_steps', 1000),
     ('input.per_class', -1), ('transfer.drop_last_blocks', -1), ('model.head_dropout', 1.0),
-    ('model.head_dropout', -0.5), ('model.num_outputs', -2), ('mesh.cpu_devices', -1),
+    ('model.head_dropout', -0.5), ('model.backbone_dropout', 1.0), ('model.backbone_dropout', -0.1),
+    ('model.num_outputs', -2), ('mesh.cpu_devices', -1),
     ('optim.schedule', 'linear'), ('optim.name', 'adagrad'), ('input.resize_policy', 'squash'),
     ('input.normalize', 'imagenette'), ('transfer.head_init', 'copy'), ('mesh.params', 'zero3'),
     ('distributed.initialize', 'yes'), ('mtl.weighting', 'mean'), ('mtl.unknown_policy', 'ignore'),
@@ -72,6 +73,7 @@ def test_gradual_unfreezing_and_lp_ft_together_are_an_error():
 
 @pytest.mark.parametrize('key, value', [('train.eval_every', 0), ('optim.warmup_steps', 999), ('optim.momentum', 0.0),
                                         ('optim.llrd', 1.0), ('model.head_dropout', 0.0), ('input.per_class', 0),
+                                        ('model.backbone_dropout', None), ('model.backbone_dropout', 0.0),
                                         ('optim.schedule', 'constant'), ('mesh.params', 'fsdp')])
 def test_edge_values_inside_the_range_pass(key, value):
   config_lib.validate(_with(key, value))

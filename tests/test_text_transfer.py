@@ -17,6 +17,10 @@ def test_each_strategy_builds_the_config_it_names(tmp_path):
   assert (c.input.per_class, c.input.subset_seed, c.seed, c.optim.lr) == (150, 2, 2, 1e-3)   # 300 labels = 150/class
   c = T.make_config('mlm head', 0, 0, 1e-2, a=a)
   assert (c.transfer.init_from, c.trainable, c.input.per_class, c.model.backbone) == ('/ckpt/mlm', 'head', 0, None)
+  # the MLM encoder and its from-scratch twin fine-tune with the same dropout, whatever the pretraining used
+  from experiments.configs import pretrain_mlm_wikitext
+  twins = {T.make_config(s, 300, 0, 1e-3, a=a).model.backbone_dropout for s in ('scratch', 'mlm full')}
+  assert twins == {pretrain_mlm_wikitext.BACKBONE['dropout']} == {0.1}
   assert T.make_config('minilm lora:8', 100, 0, 1e-3, a=a).trainable == 'lora:8'
   c = T.make_config('minilm llrd', 100, 0, 1e-4, a=a)
   assert (c.transfer.init_from, c.trainable, c.optim.llrd) == ('/ckpt/minilm', 'all', 0.8)

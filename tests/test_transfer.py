@@ -128,3 +128,31 @@ def test_head_from_class_names_copies_the_matching_outputs(tmp_path):
   no_out = {**target, 'head': {'layer_0': target['head']['out']}}      # a head without an output layer `out`
   with pytest.raises(transfer.TransferError, match='needs a head with an output layer `out` on both sides'):
     transfer.head_from_class_names(str(tmp_path / 'a'), no_out, ['B', '0'])
+
+
+def test_backbone_dropout_replaces_the_checkpoint_s_own(tmp_path):
+  """An encoder pretrained without dropout is fine-tuned with model.backbone_dropout; None keeps the spec's."""
+  from jaxtransfer import config as config_lib
+  from jaxtransfer import errors
+  from jaxtransfer import steps as step_lib
+  encoder = {'name': 'transformer', 'num_layers': 1, 'width': 8, 'num_heads': 2, 'mlp_dim': 16, 'vocab_size': 20,
+             'max_len': 6, 'dropout': 0.0}
+  x = jnp.arange(1, 7, dtype=jnp.int32)[None]
+  saved = {'backbone': encoder, 'head': {'name': 'linear', 'num_outputs': 5}}
+  mngr = checkpoint.manager(str(tmp_path / 'mlm' / 'checkpoints'))
+  checkpoint.save(mngr, 1, params=model_lib.build(saved).init(jax.random.key(0), x)['params'], batch_stats={},
+                  opt_state={'x': jnp.zeros(1)}, meta={'model_spec': saved, 'config': {}})
+  mngr.wait_until_finished()
+  c = config_lib.base()
+  c.model.backbone, c.transfer.init_from = None, str(tmp_path / 'mlm')
+  assert step_lib.model_spec(c, 2)['backbone'] == encoder                      # None: the checkpoint's 0.0
+  c.model.backbone_dropout = 0.3
+  spec = step_lib.model_spec(c, 2)
+  assert spec['backbone'] == {**encoder, 'dropout': 0.3}
+  model = model_lib.build(spec)                                                # and the module trains with it
+  variables = model.init(jax.random.key(0), x)
+  out = lambda k: model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(k)})
+  assert not np.allclose(out(1), out(2))
+  c.model.backbone = dict(BACKBONE)                                            # a CNN has no dropout to replace
+  with pytest.raises(errors.ConfigError, match="bad backbone spec .*dropout"):
+    model_lib.build(step_lib.model_spec(c, 2))

@@ -23,6 +23,7 @@ def get_config():
   c.model.backbone = None          # the checkpoint's own encoder
   c.transfer.init_from = 'runs/minilm'
   c.trainable = 'head'
+  c.model.backbone_dropout = 0.1   # BERT's fine-tuning dropout, whatever the checkpoint pretrained with
   c.text.max_len = 64
   c.text.buckets = (16, 32, 48)   # + max_len: ≤ 4 programs; 1.49× fewer positions than padding to 64 (BUILD_NOTES)
   c.optim.lr = 1e-2
