@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtransfer import errors
-from jaxtransfer.models import transformer
+from jaxtransfer.models import projection, transformer
 
 
 class LinearHead(nn.Module):
@@ -72,9 +72,11 @@ class MLMHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train
-    x = nn.gelu(nn.Dense(self.hidden or x.shape[-1], name='transform')(x), approximate=False)
+    x = nn.gelu(nn.Dense(self.hidden or x.shape[-1], dot_general=projection.dot_general, name='transform')(x),
+                approximate=False)
     x = nn.LayerNorm(epsilon=1e-12, name='norm')(x)
-    return nn.Dense(self.num_outputs, name='out')(x)
+    # the vocabulary projection widens 128 → 8000: its kernel gradient copies x, not the logits' gradient
+    return nn.Dense(self.num_outputs, dot_general=projection.dot_general, name='out')(x)
 
 
 class MAEHead(nn.Module):

@@ -70,6 +70,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtransfer import errors
+from jaxtransfer.models import projection
 
 # Encoder sizes: layers, width, heads, MLP width. 'minilm' is all-MiniLM-L6-v2's, 'base' BERT-base's.
 SIZES = {
@@ -163,7 +164,8 @@ class LoRADense(nn.Module):
 
   rank 0: `nn.Dense(features)` (n_in=1, one feature axis) or `nn.DenseGeneral(features, axis=(-n_in…-1))` —
   the same parameters (kernel in_shape + features, bias features), the same initial values (the kernel
-  initialiser sees the flattened (in, out) shape, as DenseGeneral's does) and the same `dot_general`.
+  initialiser sees the flattened (in, out) shape, as DenseGeneral's does) and the same outputs; the matmul is
+  `projection.dot_general`, whose kernel gradient moves fewer bytes when the layer widens (mlp_in).
   rank R: also `lora_a` (in, R), `lora_b` (R, out) (in/out flattened) and + scale·(x·A)·B, scale = alpha/R.
   """
   features: tuple[int, ...]
@@ -181,7 +183,7 @@ class LoRADense(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=None)
     axes = tuple(range(x.ndim - self.n_in, x.ndim))
-    y = jax.lax.dot_general(x, kernel, ((axes, tuple(range(self.n_in))), ((), ())))
+    y = projection.dot_general(x, kernel, ((axes, tuple(range(self.n_in))), ((), ())))
     y = y + jnp.reshape(bias, (1,) * (y.ndim - len(features)) + features)
     if self.rank:
       a = self.param('lora_a', _LORA_A_INIT, (n_in, self.rank), jnp.float32)
