@@ -37,7 +37,7 @@ def get_config(arg: str = ''):
 
   c.optim.weight_decay = 0.01
   c.optim.grad_clip = 1.0
-  c.train.steps = 10000           # 48 min on a 2-core AMD EPYC (BUILD_NOTES); 3000 steps gave no fine-tuning gain
+  c.train.steps = 10000           # 43 min on a 2-core AMD EPYC (BUILD_NOTES); 3000 steps gave no fine-tuning gain
   c.train.batch_size = 128
   c.train.log_every = 100
   c.train.eval_every = 1000
