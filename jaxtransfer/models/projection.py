@@ -7,10 +7,10 @@ axis of both x (rows, in) and g (rows, out), and XLA:CPU's dot kernels read one 
 axis minor, so XLA copies one of them transposed before the matmul — always g, the autodiff rule's right-hand
 side. When the layer widens (out > in: an MLP's first layer, a vocabulary projection) g is the larger one: the
 masked-LM step copied its (1280, 8000) vocabulary gradient and four (8192, 512) MLP gradients every step.
-Here the kernel gradient of a widening layer is computed as (gᵀx)ᵀ, so the copy is of x (and of the small
-result): the same FLOPs, out/in times fewer bytes moved (BUILD_NOTES, the MLM benchmark). The forward pass
-and the input gradient are `jax.lax.dot_general`'s own; the kernel gradient equals autodiff's up to float
-summation order.
+Here the kernel gradient of a widening layer is computed as (gᵀx)ᵀ on 2-D (rows, features) views; in the
+compiled MLM step XLA then runs those dots with no copy at all: the same FLOPs, 193 MB fewer bytes written per
+step, the step 13 % faster (BUILD_NOTES, the MLM benchmark). The forward pass and the input gradient are
+`jax.lax.dot_general`'s own; the kernel gradient equals autodiff's up to float summation order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 
-def _contract(n_x: int, n_in: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[(), ()]]:
+def _contract(n_x: int, n_in: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple[()]]]:
   return (tuple(range(n_x - n_in, n_x)), tuple(range(n_in))), ((), ())
 
 
