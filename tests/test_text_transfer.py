@@ -94,3 +94,30 @@ def test_minilm_fine_tunes_take_their_own_step_budget_and_untuned_budgets_the_ne
   # DAPT is not tuned itself: 'minilm full' is, once, at the tune budgets only
   assert tuned == [('minilm full', (300, 0)), ('minilm head', (300, 0))]
   assert lrs['minilm dapt full'] == {100: 1e-4, 300: 1e-4, 1000: 5e-5, 0: 5e-5} and T.TFIDF not in lrs
+
+
+def test_twin_gains_subtract_the_scratch_twin_seed_by_seed(tmp_path):
+  """The own-MLM rows minus scratch, per budget and seed (not the difference of means: a seed missing on
+  either side is left out); MiniLM and TF-IDF rows have no twin; the report writes it to results.json/md."""
+  import json
+
+  from jaxtransfer import sweep
+  result = lambda row, col, seed, acc: sweep.Result(row, col, seed, '', None if acc is None else {'accuracy': acc},
+                                                    0.0, 0.0)
+  grid = [result('scratch', 300, 0, 0.60), result('scratch', 300, 1, 0.70), result('scratch', 300, 2, 0.65),
+          result('mlm full', 300, 0, 0.64), result('mlm full', 300, 1, 0.71), result('mlm full', 300, 2, None),
+          result('mlm head', 300, 0, 0.50), result('scratch', 1600, 0, 0.80), result('mlm full', 1600, 0, 0.86),
+          result('minilm full', 300, 0, 0.90), result(T.TFIDF, 300, 0, 0.75)]
+  gains = T.twin_gains(grid)
+  assert set(gains) == {'mlm full − scratch', 'mlm head − scratch'}
+  full = gains['mlm full − scratch']
+  assert full['300'] == {'mean': pytest.approx(0.025), 'std': pytest.approx(0.0212132, rel=1e-5), 'n': 2}
+  assert full['1600']['mean'] == pytest.approx(0.06) and full['1600']['n'] == 1
+  assert gains['mlm head − scratch']['300']['mean'] == pytest.approx(-0.10)
+  assert T.twin_gains([g for g in grid if g.row != 'scratch']) == {}
+  a = T.parse([f'--workdir={tmp_path}', '--seeds=3', '--budgets=300,0'])
+  md = T.report(a, grid, [], {})
+  saved = json.load(open(tmp_path / 'results.json'))
+  assert saved['mlm_gain']['mlm full − scratch']['300']['mean'] == pytest.approx(0.025)
+  assert '| mlm full − scratch | 2.5 ± 2.1 | 6.0 ± – |' in open(tmp_path / 'results.md').read()
+  assert 'tf-idf' in md
