@@ -149,7 +149,9 @@ def wall_seconds(workdir: str, name: str, lr: float, seeds: int) -> list[float]:
           for s in range(seeds)]
 
 
-paired = sweep.paired   # a − b seed by seed
+def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
+  """a − b seed by seed, over the seeds where both have a result."""
+  return [x - y for x, y in zip(a, b) if x is not None and y is not None]
 
 
 def fmt(values: Sequence[float | None], scale: float = 100.0) -> str:

@@ -277,13 +277,15 @@ def twin_gains(grid: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
 
   Seed s of both draws the same labelled subset (input.subset_seed) and the same fine-tuning seed, so the
   paired difference removes the subset's share of the spread, which dominates at 100–300 labels; its
-  mean is the gain, its std says how much of it one seed can show."""
+  mean is the gain, its std says how much of it one seed can show. A seed without a result on either
+  side (unfinished, or no metrics) is left out of that budget's pairs."""
   from jaxtransfer import sweep
-  acc = sweep.values(grid, 'accuracy')
-  twin = acc.get(TWIN, {})
-  gains = {f'{row} − {TWIN}': {n: sweep.paired(acc[row][n], twin[n]) for n in acc[row] if n in twin}
-           for row in acc if row != TWIN and STRATEGIES.get(row, ('',))[0] == 'mlm'}
-  return sweep.summarize({row: by_n for row, by_n in gains.items() if any(by_n.values())})
+  acc = {(r.row, r.col, r.seed): float(r.metrics['accuracy']) for r in grid if r.metrics is not None}
+  gains: dict[str, dict[Any, list[float]]] = {}
+  for (row, n, seed), value in sorted(acc.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+    if STRATEGIES.get(row, ('',))[0] == 'mlm' and (TWIN, n, seed) in acc:
+      gains.setdefault(f'{row} − {TWIN}', {}).setdefault(n, []).append(value - acc[(TWIN, n, seed)])
+  return sweep.summarize(gains)
 
 
 def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[str, dict[int, float]],

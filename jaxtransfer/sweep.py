@@ -215,11 +215,6 @@ def values(results: Sequence[Result], metric: str) -> dict[str, dict[Any, list[f
           for row, by_col in out.items()}
 
 
-def paired(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
-  """a − b seed by seed (two rows' `values` at one column), over the seeds where both have a result."""
-  return [x - y for x, y in zip(a, b) if x is not None and y is not None]
-
-
 def stats(vals: Sequence[float | None]) -> dict[str, float | int] | None:
   """{'mean', 'std' (ddof=1; 0.0 for a single value), 'n'} over the values that are not None."""
   v = np.asarray([x for x in vals if x is not None], np.float64)

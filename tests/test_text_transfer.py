@@ -115,6 +115,9 @@ def test_twin_gains_subtract_the_scratch_twin_seed_by_seed(tmp_path):
   assert full['1600']['mean'] == pytest.approx(0.06) and full['1600']['n'] == 1
   assert gains['mlm head − scratch']['300']['mean'] == pytest.approx(-0.10)
   assert T.twin_gains([g for g in grid if g.row != 'scratch']) == {}
+  # an unfinished run has no Result at all: the others still pair with their own seed, not by position
+  partial = [g for g in grid if not (g.row == 'mlm full' and g.seed == 0)]
+  assert T.twin_gains(partial)['mlm full − scratch']['300'] == {'mean': pytest.approx(0.01), 'std': 0.0, 'n': 1}
   a = T.parse([f'--workdir={tmp_path}', '--seeds=3', '--budgets=300,0'])
   md = T.report(a, grid, [], {})
   saved = json.load(open(tmp_path / 'results.json'))
