@@ -282,7 +282,7 @@ def twin_gains(grid: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
   from jaxtransfer import sweep
   acc = {(r.row, r.col, r.seed): float(r.metrics['accuracy']) for r in grid if r.metrics is not None}
   gains: dict[str, dict[Any, list[float]]] = {}
-  for (row, n, seed), value in sorted(acc.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+  for (row, n, seed), value in acc.items():   # grid order: rows as the grid lists them
     if STRATEGIES.get(row, ('',))[0] == 'mlm' and (TWIN, n, seed) in acc:
       gains.setdefault(f'{row} − {TWIN}', {}).setdefault(n, []).append(value - acc[(TWIN, n, seed)])
   return sweep.summarize(gains)
