@@ -124,3 +124,31 @@ def test_twin_gains_subtract_the_scratch_twin_seed_by_seed(tmp_path):
   assert saved['mlm_gain']['mlm full − scratch']['300']['mean'] == pytest.approx(0.025)
   assert '| mlm full − scratch | 2.5 ± 2.1 | 6.0 ± – |' in open(tmp_path / 'results.md').read()
   assert 'tf-idf' in md
+
+
+def test_domain_shift_pairs_the_mlm_encoder_with_its_scratch_twin(tmp_path):
+  """The shift stage trains the from-scratch twin on the same source sentences, seed and evaluation domain as
+  'mlm full' (only the initialisation differs), and the report writes their paired difference."""
+  import json
+
+  from jaxtransfer import sweep
+  a = T.parse([f'--workdir={tmp_path}', '--mlm=/ckpt/mlm', '--seeds=2', '--budgets=300',
+               '--strategies=tf-idf + logreg,scratch,mlm full'])
+  runs = T.shift_runs(a, list(a.strategies), {'scratch': {300: 3e-3}, 'mlm full': {300: 1e-3}})
+  by = {(r.row, r.col, r.seed): r for r in runs}
+  pairs = [k[1:] for k in by if k[0] == 'scratch']
+  assert sorted(pairs) == sorted((c, s) for c in ('amazon → yelp', 'yelp → amazon') for s in (0, 1))
+  for col, seed in pairs:
+    twin, full = by[('scratch', col, seed)].config, by[('mlm full', col, seed)].config
+    assert (twin.data, twin.input.eval_data) == (full.data, full.input.eval_data) == \
+        tuple(f'sentiment_sentences/{d}' for d in col.split(' → '))
+    assert (twin.seed, twin.input.subset_seed, twin.input.per_class) == (full.seed, full.input.subset_seed, 0)
+    assert (twin.transfer.init_from, full.transfer.init_from, twin.optim.lr, full.optim.lr) == ('', '/ckpt/mlm', 3e-3, 1e-3)
+  result = lambda row, col, seed, acc: sweep.Result(row, col, seed, '', {'accuracy': acc}, 0.0, 0.0)
+  shift = [result('scratch', 'amazon → yelp', 0, 0.70), result('mlm full', 'amazon → yelp', 0, 0.73),
+           result('scratch', 'amazon → yelp', 1, 0.72), result('mlm full', 'amazon → yelp', 1, 0.73),
+           result(T.TFIDF, 'amazon → yelp', 0, 0.76)]
+  T.report(a, [], shift, {})
+  gain = json.load(open(tmp_path / 'results.json'))['mlm_gain_domain_shift']['mlm full − scratch']['amazon → yelp']
+  assert gain['mean'] == pytest.approx(0.02) and gain['n'] == 2
+  assert '| mlm full − scratch | 2.0 ± 1.4 |' in open(tmp_path / 'results.md').read()
