@@ -187,3 +187,20 @@ def test_multitask_grid_tunes_each_cell_on_the_validation_split_then_reports_at_
   assert g.values['mask'] == pytest.approx([0.7, 0.701])
   with pytest.raises(errors.ConfigError, match='no validation twin'):
     R.validation(make('mask', 'train[10%:]')(0))
+
+
+@pytest.mark.parametrize('xscale, cols, ticks_at_columns', [('linear', (0, 12000, 13000), False),
+                                                            ('log', (100, 300, 1600), True)])
+def test_plot_ticks_every_column_except_on_a_linear_numeric_axis(tmp_path, monkeypatch, xscale, cols,
+                                                                 ticks_at_columns):
+  """Close columns on a linear axis (a curve's 12000 and 13000 steps) would print overlapping labels: there the
+  axis keeps matplotlib's round ticks; a log axis of label budgets keeps one tick per column."""
+  import matplotlib.figure
+  seen = {}
+  real = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                      lambda fig, *a, **k: (seen.setdefault('ticks', list(fig.axes[0].get_xticks())), real(fig, *a, **k)))
+  summary = {'row': {str(c): {'mean': 0.5, 'std': 0.1, 'n': 2} for c in cols}}
+  sweep.plot(str(tmp_path / 'p.png'), summary, xlabel='x', ylabel='y', xscale=xscale)
+  assert (tmp_path / 'p.png').stat().st_size > 0
+  assert (sorted(seen['ticks']) == [float(c) for c in cols]) is ticks_at_columns
