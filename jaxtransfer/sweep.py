@@ -273,8 +273,8 @@ def plot(path: str, summary: Mapping[str, Mapping[str, Any]], *, xlabel: str, yl
          xscale: str = 'linear', col_label: Callable[[str], str] = str, scale: float = 100.0,
          rows: Sequence[str] | None = None) -> None:
   """mean ± std (error bars) vs the column variable, one line per row (numeric columns on their own axis,
-  others evenly spaced; a tick at every column except on a linear numeric axis, where close columns' labels
-  would overlap)."""
+  others evenly spaced; a tick at every column unless two columns of a linear numeric axis are closer than
+  1/12 of its span, where their labels would overlap)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -289,7 +289,9 @@ def plot(path: str, summary: Mapping[str, Mapping[str, Any]], *, xlabel: str, yl
     sd = np.array([by_col[c]['std'] for c in xs])
     ax.errorbar([x_of[c] for c in xs], scale * m, yerr=scale * sd, marker='o', capsize=3, label=row)
   ax.set(xscale=xscale if numeric else 'linear', xlabel=xlabel, ylabel=ylabel, title=title)
-  if not numeric or xscale != 'linear':   # a linear numeric axis keeps matplotlib's round ticks (12000, 13000 overlap)
+  xs = sorted(x_of.values())
+  crowded = numeric and xscale == 'linear' and len(xs) > 2 and min(np.diff(xs)) < (xs[-1] - xs[0]) / 12
+  if not crowded:   # a crowded linear axis (steps 12000 and 13000) keeps matplotlib's round ticks: labels overlap
     ax.set_xticks([x_of[c] for c in cols], [col_label(c) if not numeric else c for c in cols])
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8 if len(summary) > 6 else None)

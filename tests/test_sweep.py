@@ -190,11 +190,12 @@ def test_multitask_grid_tunes_each_cell_on_the_validation_split_then_reports_at_
 
 
 @pytest.mark.parametrize('xscale, cols, ticks_at_columns', [('linear', (0, 12000, 13000), False),
+                                                            ('linear', (0, 30, 50, 70), True),
                                                             ('log', (100, 300, 1600), True)])
-def test_plot_ticks_every_column_except_on_a_linear_numeric_axis(tmp_path, monkeypatch, xscale, cols,
+def test_plot_ticks_every_column_unless_a_linear_axis_is_crowded(tmp_path, monkeypatch, xscale, cols,
                                                                  ticks_at_columns):
   """Close columns on a linear axis (a curve's 12000 and 13000 steps) would print overlapping labels: there the
-  axis keeps matplotlib's round ticks; a log axis of label budgets keeps one tick per column."""
+  axis keeps matplotlib's round ticks; evenly spread columns and a log axis of budgets keep one tick per column."""
   import matplotlib.figure
   seen = {}
   real = matplotlib.figure.Figure.savefig
