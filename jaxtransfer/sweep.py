@@ -289,8 +289,8 @@ def plot(path: str, summary: Mapping[str, Mapping[str, Any]], *, xlabel: str, yl
     sd = np.array([by_col[c]['std'] for c in xs])
     ax.errorbar([x_of[c] for c in xs], scale * m, yerr=scale * sd, marker='o', capsize=3, label=row)
   ax.set(xscale=xscale if numeric else 'linear', xlabel=xlabel, ylabel=ylabel, title=title)
-  xs = sorted(x_of.values())
-  crowded = numeric and xscale == 'linear' and len(xs) > 2 and min(np.diff(xs)) < (xs[-1] - xs[0]) / 12
+  at = sorted(x_of.values())
+  crowded = numeric and xscale == 'linear' and len(at) > 2 and min(np.diff(at)) < (at[-1] - at[0]) / 12
   if not crowded:   # a crowded linear axis (steps 12000 and 13000) keeps matplotlib's round ticks: labels overlap
     ax.set_xticks([x_of[c] for c in cols], [col_label(c) if not numeric else c for c in cols])
   ax.grid(alpha=0.3)

@@ -128,7 +128,7 @@ def test_twin_gains_subtract_the_scratch_twin_seed_by_seed(tmp_path):
 
 def test_domain_shift_pairs_the_mlm_encoder_with_its_scratch_twin(tmp_path):
   """The shift stage trains the from-scratch twin on the same source sentences, seed and evaluation domain as
-  'mlm full' (only the initialisation differs), and the report writes their paired difference."""
+  'mlm full' (only the initialisation and each arm's tuned lr differ), and the report writes their paired difference."""
   import json
 
   from jaxtransfer import sweep
