@@ -273,17 +273,18 @@ def curve_summary(grid: list[Any], curve: list[Any]) -> dict[str, dict[str, Any]
   return sweep.summarize({f'{CURVE} at {CURVE_BUDGET} labels': sweep.values([*scratch, *curve], 'accuracy')[CURVE]})
 
 
-def twin_gains(grid: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
-  """{'<mlm row> − scratch': {budget: stats}}: the own-MLM rows minus their from-scratch twin, seed by seed.
+def twin_gains(runs: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
+  """{'<mlm row> − scratch': {column: stats}}: the own-MLM rows minus their from-scratch twin, seed by seed,
+  per column of `runs` (a budget of the grid, or a source → target pair of the domain shift).
 
   Seed s of both draws the same labelled subset (input.subset_seed) and the same fine-tuning seed, so the
   paired difference removes the subset's share of the spread, which dominates at 100–300 labels; its
   mean is the gain, its std says how much of it one seed can show. A seed without a result on either
-  side (unfinished, or no metrics) is left out of that budget's pairs."""
+  side (unfinished, or no metrics) is left out of that column's pairs."""
   from jaxtransfer import sweep
-  acc = {(r.row, r.col, r.seed): float(r.metrics['accuracy']) for r in grid if r.metrics is not None}
+  acc = {(r.row, r.col, r.seed): float(r.metrics['accuracy']) for r in runs if r.metrics is not None}
   gains: dict[str, dict[Any, list[float]]] = {}
-  for (row, n, seed), value in acc.items():   # grid order: rows as the grid lists them
+  for (row, n, seed), value in acc.items():   # in the order of `runs`: rows as the stage lists them
     if STRATEGIES.get(row, ('',))[0] == 'mlm' and (TWIN, n, seed) in acc:
       gains.setdefault(f'{row} − {TWIN}', {}).setdefault(n, []).append(value - acc[(TWIN, n, seed)])
   return sweep.summarize(gains)
