@@ -27,6 +27,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -163,8 +164,21 @@ def execute(run: Run) -> Result:
   return result
 
 
-def _init_worker() -> None:
+def _exit_with(parent: int, poll_s: float = 0.5) -> None:
+  """Ends this worker process once `parent` (the sweep's process) is gone.
+
+  A pool's workers are terminated when `run` leaves its pool — also on Ctrl-C — but a sweep killed by a
+  signal (`kill`, `timeout`, a scheduler) never gets there, and its workers, re-parented, would train on
+  for nobody. Polling the parent id works wherever `os.getppid` does; a run cut here leaves no final.json
+  (it is written atomically), so the next sweep runs it again."""
+  while os.getppid() == parent:
+    time.sleep(poll_s)
+  os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
   from jaxtransfer import runtime
+  threading.Thread(target=_exit_with, args=(parent,), name='exit-with-sweep', daemon=True).start()
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
   for noisy in ('absl', 'orbax', 'jax._src', 'jaxtransfer'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -176,7 +190,8 @@ def run(runs: Sequence[Run], workers: int = 1, *, on_result: Callable[[int, int,
   """Every run's result, in the order of `runs`; finished ones are read from their workdirs.
 
   `workers` > 1 runs the unfinished ones in that many spawned processes (each configured by
-  `runtime.configure()`; run functions must be picklable: module-level functions or partials of them).
+  `runtime.configure()`; run functions must be picklable: module-level functions or partials of them);
+  they end with the sweep's process, even when it is killed.
   `on_result(i, n, result)` is called as each run finishes (e.g. to log progress).
   """
   if workers < 1:
@@ -194,7 +209,8 @@ def run(runs: Sequence[Run], workers: int = 1, *, on_result: Callable[[int, int,
       results[i] = execute(runs[i])
       report(i, len(runs), results[i])
   else:
-    with mp.get_context('spawn').Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+    with mp.get_context('spawn').Pool(min(workers, len(todo)), initializer=_init_worker,
+                                     initargs=(os.getpid(),)) as pool:
       for i, result in zip(todo, pool.imap(execute, [runs[i] for i in todo])):
         results[i] = result
         report(i, len(runs), result)

@@ -3,6 +3,11 @@ the sample (ddof=1) mean ± std of each seed's own value, and the writer's files
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -87,6 +92,56 @@ def test_worker_pool_gives_the_serial_results(tmp_path):
   serial = sweep.run(_runs(str(tmp_path / 'serial'), lrs=(0.01,), seeds=(0, 1)))
   assert [r.metrics for r in pooled] == [r.metrics for r in serial]
   assert all(_calls(r) == 1 for r in runs)
+
+
+KILLED_SWEEP = textwrap.dedent("""
+    import os, sys, time
+    from jaxtransfer import config as config_lib, sweep
+
+    def slow(config, workdir):
+      open(os.path.join(sys.argv[1], f'worker_{os.getpid()}'), 'w').close()
+      time.sleep(300)
+      return {'accuracy': 1.0}
+
+    if __name__ == '__main__':
+      sweep.run([sweep.Run('r', 0, s, config_lib.base(), os.path.join(sys.argv[1], f's{s}'), fn=slow)
+                 for s in range(2)], workers=2)
+""")
+
+
+def _running(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'    # a zombie has ended
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads process states from /proc (Linux)')
+def test_a_killed_sweep_takes_its_workers_with_it(tmp_path):
+  """SIGTERM to the sweep's process skips the pool's own cleanup: the workers must notice and end, not train on."""
+  script = tmp_path / 'sweep_script.py'
+  script.write_text(KILLED_SWEEP)
+  parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.DEVNULL)
+  workers: list[int] = []
+  try:
+    deadline = time.time() + 120
+    while len(workers) < 2 and time.time() < deadline and parent.poll() is None:
+      time.sleep(0.2)
+      workers = [int(f.name.split('_')[1]) for f in tmp_path.glob('worker_*')]
+    assert len(workers) == 2, 'the two workers never started their runs'
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+    deadline = time.time() + 15
+    while any(map(_running, workers)) and time.time() < deadline:
+      time.sleep(0.2)
+    assert not any(map(_running, workers)), f'workers {[w for w in workers if _running(w)]} outlived the sweep'
+    assert not any(tmp_path.glob(f's*/{sweep.FINAL}'))    # the cut runs left no result to be taken as finished
+  finally:
+    parent.kill()
+    for w in workers:
+      if _running(w):
+        os.kill(w, signal.SIGKILL)
 
 
 def test_single_seed_std_and_missing_cells_in_the_written_table(tmp_path):
