@@ -1,5 +1,6 @@
-"""The sweep runner: cached runs are not run again, a worker pool gives the same results, the summary is
-the sample (ddof=1) mean ± std of each seed's own value, and the writer's files say the same."""
+"""The sweep runner: cached runs are not run again, a worker pool gives the same results and ends with a
+killed sweep, the summary is the sample (ddof=1) mean ± std of each seed's own value, and the writer's
+files say the same."""
 
 import json
 import os
