@@ -27,7 +27,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -164,21 +163,9 @@ def execute(run: Run) -> Result:
   return result
 
 
-def _exit_with(parent: int, poll_s: float = 0.5) -> None:
-  """Ends this worker process once `parent` (the sweep's process) is gone.
-
-  A pool's workers are terminated when `run` leaves its pool — also on Ctrl-C — but a sweep killed by a
-  signal (`kill`, `timeout`, a scheduler) never gets there, and its workers, re-parented, would train on
-  for nobody. Polling the parent id works wherever `os.getppid` does; a run cut here leaves no final.json
-  (it is written atomically), so the next sweep runs it again."""
-  while os.getppid() == parent:
-    time.sleep(poll_s)
-  os._exit(1)
-
-
 def _init_worker(parent: int) -> None:
-  from jaxtransfer import runtime
-  threading.Thread(target=_exit_with, args=(parent,), name='exit-with-sweep', daemon=True).start()
+  from jaxtransfer import runtime, workers
+  workers.exit_with_parent(parent)   # a killed sweep takes its workers with it; a cut run has no final.json
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
   for noisy in ('absl', 'orbax', 'jax._src', 'jaxtransfer'):
     logging.getLogger(noisy).setLevel(logging.WARNING)

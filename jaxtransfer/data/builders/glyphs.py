@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import string
-import sys
 import time
 from typing import Iterator
 
@@ -226,16 +225,12 @@ def render_example(seed: int, split: str, index: int, label: int,
 _WORKER_FONTS: tuple[str, ...] = ()
 
 
-def _init_worker(fonts, die_with_parent: bool = False):
+def _init_worker(fonts, parent: int | None = None):
   global _WORKER_FONTS
   _WORKER_FONTS = tuple(fonts)
-  if die_with_parent and sys.platform.startswith('linux'):
-    # Pool workers outlive a parent killed by a signal (they are only reaped on a clean
-    # exit); ask the kernel to SIGTERM them when the parent dies.
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  if parent is not None:   # a pool worker: it ends with the preparing process, even a killed one
+    from jaxtransfer import workers
+    workers.exit_with_parent(parent)
 
 
 def _render_chunk(args):
@@ -264,7 +259,7 @@ def _rendered(seed: int, split: str, labels: np.ndarray,
   if len(labels) >= _POOL_MIN_EXAMPLES:
     pool = concurrent.futures.ProcessPoolExecutor(
         _POOL_PROCESSES, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
-        initargs=(fonts, True))
+        initargs=(fonts, os.getpid()))
     try:
       for images in pool.map(_render_chunk, _chunks(seed, split, labels)):
         yield images
