@@ -262,20 +262,29 @@ def test_an_all_padding_row_stays_finite(attention):
 
 
 @pytest.mark.parametrize('rate', [0.1, 0.5])
-def test_dropout_matches_flax_dropout_and_its_gradient_is_the_saved_mask(rate):
-  """`transformer.Dropout` draws the mask `nn.Dropout` draws (same rng stream, same outputs) and its gradient is
-  keep / (1 − rate) at every element; deterministic, or rate 0, is the identity; rate 1 gives zeros."""
-  import flax.linen as nn
-  x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+def test_dropout_keeps_1_minus_rate_scales_to_an_unbiased_output_and_its_gradient_is_the_saved_mask(rate):
+  """`transformer.Dropout` keeps each element with probability t / 2¹⁶ ≈ 1 − rate (16-bit random words), scales
+  the kept ones by exactly 2¹⁶ / t, draws the same mask for the same rng and another for another; its gradient
+  is keep · 2¹⁶ / t at every element; deterministic, or rate 0, is the identity; rate 1 gives zeros."""
+  x = jax.random.normal(jax.random.key(0), (40, 64, 128))
   rngs = {'dropout': jax.random.key(3)}
-  ours = lambda y: transformer.Dropout(rate, False).apply({}, y, rngs=rngs)
-  ref = nn.Dropout(rate, deterministic=False).apply({}, x, rngs=rngs)
+  ours = lambda y, r=rngs: transformer.Dropout(rate, False).apply({}, y, rngs=r)
   out = np.asarray(ours(x))
-  assert np.array_equal(out, np.asarray(ref))
+  t = transformer.keep_threshold(rate)
+  assert t == round((1 - rate) * 65536)
+  keep_prob = t / 65536
   keep = out != 0
-  assert abs(keep.mean() - (1 - rate)) < 0.1 and not keep.all()
+  n = keep.size
+  assert abs(keep.mean() - keep_prob) < 4 * np.sqrt(keep_prob * (1 - keep_prob) / n)   # 4 σ of a binomial
+  assert abs(keep.mean(axis=(0, 1)) - keep_prob).max() < 0.06    # every feature column, not a few
+  np.testing.assert_allclose(out[keep], np.asarray(x)[keep] / keep_prob, rtol=1e-6)
+  assert np.array_equal(np.asarray(ours(x)), out)
+  other = np.asarray(ours(x, {'dropout': jax.random.key(4)})) != 0
+  assert 0 < np.mean(other != keep) < 1
   grad = np.asarray(jax.grad(lambda y: jnp.sum(ours(y) * 2.0))(x))
-  np.testing.assert_allclose(grad, np.where(keep, 2.0 / (1 - rate), 0.0), rtol=1e-6)
+  np.testing.assert_allclose(grad, np.where(keep, 2.0 / keep_prob, 0.0), rtol=1e-6)
   assert np.array_equal(np.asarray(transformer.Dropout(rate, True).apply({}, x)), np.asarray(x))
   assert np.array_equal(np.asarray(transformer.Dropout(0.0, False).apply({}, x)), np.asarray(x))
+  assert np.array_equal(np.asarray(transformer.Dropout(1e-6, False).apply({}, x, rngs=rngs)), np.asarray(x))
   assert not np.any(np.asarray(transformer.Dropout(1.0, False).apply({}, x, rngs=rngs)))
+  assert not np.any(np.asarray(transformer.Dropout(1 - 1e-6, False).apply({}, x, rngs=rngs)))
