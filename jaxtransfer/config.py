@@ -56,6 +56,7 @@ def base() -> ml_collections.ConfigDict:
   c.mlm.mask_token = 0.8                # of those: → [MASK]
   c.mlm.random_token = 0.1              # of those: → a random token (the rest stay as they are)
   c.mlm.head_hidden = 0                 # the MLM head's transform width (0 = the encoder's)
+  c.mlm.whole_word = False              # select whole words (all of a word's pieces or none), not pieces
 
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet' | 'efficientnet_lite', **kwargs}); None with init_from = the

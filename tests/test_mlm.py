@@ -142,6 +142,78 @@ def test_masking_statistics_and_padding_never_selected():
   assert not np.array_equal(np.asarray(_mask(tokens, jax.random.key(2))[1]), positions)
 
 
+def _words(row, continues):
+  """The words of a token row as lists of positions: an eligible token (id ≥ 5) and the eligible tokens right
+  after it whose id `continues` a word."""
+  words = []
+  for p, tok in enumerate(row):
+    if tok < 5:
+      continue
+    if words and continues[tok] and words[-1][-1] == p - 1:
+      words[-1].append(p)
+    else:
+      words.append([p])
+  return words
+
+
+def test_whole_word_masking_selects_all_of_a_word_or_none_of_it():
+  """`continues_word`: each row's selected pieces are whole words, at most round(15 %) of its real pieces and
+  nearly that many; padding and specials never; each piece still replaced 80 / 10 / 10 on its own; a table
+  without continuations selects exactly what token-level masking counts."""
+  vocab = 50
+  continues = np.zeros(vocab, bool)
+  continues[30:] = True                                          # ids 30–49 continue the previous piece's word
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(5, vocab, (512, 64)).astype(np.int32)
+  lengths = rng.integers(10, 64, 512)
+  tokens[np.arange(64)[None, :] >= lengths[:, None]] = 0
+  tokens[:, 0] = 2
+  tokens[5, 1:] = 30                                             # one 63-piece word: longer than K, never fits
+  mask = jax.jit(lambda t, k, c: mlm.select_and_corrupt(t, k, mask_rate=0.15, mask_token=0.8, random_token=0.1,
+                                                        mask_id=4, special_ids=(0, 1, 2, 3, 4), vocab_size=vocab,
+                                                        continues_word=c))
+  corrupted, positions, valid = (np.asarray(x) for x in mask(tokens, jax.random.key(1), continues))
+  eligible = tokens >= 5
+  n = np.clip(np.round(0.15 * eligible.sum(1)), 1, 10)
+  selected = np.zeros(tokens.shape, bool)
+  count = {True: 0, False: 0}
+  chosen_words = {True: 0, False: 0}
+  for i in range(512):
+    chosen = positions[i][valid[i]]
+    assert len(set(chosen)) == len(chosen)
+    selected[i, chosen] = True
+    for w in _words(tokens[i], continues):
+      assert selected[i, w].all() or not selected[i, w].any(), (i, w)   # a whole word or nothing
+      count[len(w) > 1] += 1
+      chosen_words[len(w) > 1] += bool(selected[i, w[0]])
+  assert not selected[~eligible].any() and not selected[5].any()
+  assert np.all(selected.sum(1) <= n)
+  assert 0.13 < selected.sum() / eligible.sum() <= 0.15        # words that do not fit are skipped, others tried
+  multi_rate, single_rate = (chosen_words[m] / count[m] for m in (True, False))
+  assert 0.5 * single_rate < multi_rate < single_rate, (multi_rate, single_rate)   # fewer fit, but they do get in
+  assert np.all(corrupted[~selected] == tokens[~selected])
+  to_mask = np.mean(corrupted[selected] == 4)
+  assert abs(to_mask - 0.8) < 0.03
+  # no continuation pieces: every word is one piece, and the count is token-level masking's exactly
+  _, positions0, valid0 = (np.asarray(x) for x in mask(tokens, jax.random.key(1), np.zeros(vocab, bool)))
+  np.testing.assert_array_equal(valid0.sum(1), n * eligible.any(1))
+  assert not np.array_equal(np.asarray(mask(tokens, jax.random.key(2), continues)[1]), positions)
+
+
+def test_whole_word_masking_reads_the_tokenizers_word_table(corpus):
+  """`mlm.whole_word` binds the tokenizer's `continues_word()` table; a tokenizer that has none is one line."""
+  c = config_lib.base()
+  c.mlm.whole_word = True
+  objective = mlm.from_config(c)
+  with pytest.raises(tokenizer_lib.TokenizerError, match='needs a WordPiece or SentencePiece tokenizer'):
+    objective.for_tokenizer(corpus['tok'])
+  from jaxtransfer.text.sentencepiece import train_sentencepiece
+  sp = train_sentencepiece(POS + NEG, vocab_size=60, seed=0)
+  bound = objective.for_tokenizer(sp)
+  np.testing.assert_array_equal(bound.continues_word, sp.continues_word())
+  assert mlm.from_config(config_lib.base()).for_tokenizer(sp).continues_word is None
+
+
 def test_unselected_positions_get_exactly_zero_loss_and_gradient():
   """The loss reaches the encoder's outputs only at the selected positions: its gradient with respect to every
   other position's output is exactly zero, and the per-position losses of invalid entries are 0."""

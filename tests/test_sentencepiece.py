@@ -162,3 +162,40 @@ def test_check_same_across_tokenizers_and_kinds(sp):
   for stored, wanted, message in cases:
     with pytest.raises(tokenizer_lib.TokenizerError, match=message):
       tokenizer_lib.check_same(stored, wanted, 'finetune')
+
+
+def test_continues_word_marks_the_pieces_inside_a_word(sp):
+  """`continues_word()`: True exactly for ordinary pieces without the '▁' word boundary that start with a
+  letter or digit; the reserved pieces never; a text's words are rebuilt from its pieces by it."""
+  table = sp.continues_word()
+  proc = sp._processor
+  assert table.shape == (sp.vocab_size,) and table.dtype == bool
+  assert not table[list(sp.special_ids)].any()
+  for i in range(sp.vocab_size):
+    piece = proc.id_to_piece(i)
+    if i not in sp.special_ids and not proc.is_unknown(i):
+      assert table[i] == (not piece.startswith('\u2581') and piece[:1].isalnum()), piece
+  assert 0 < table.sum() < sp.vocab_size - len(sp.special_ids)
+  text = 'the quickly happy bird flew under a blue house'     # words of the corpus, no punctuation
+  ids = proc.encode(text)
+  words, current = [], ''
+  for i in ids:
+    piece = proc.id_to_piece(i)
+    if table[i]:
+      current += piece
+    else:
+      words.append(current)
+      current = piece.lstrip('\u2581')
+  words.append(current)
+  assert [w for w in words if w] == text.split()
+
+
+@needs_tokenizers
+def test_wordpiece_continuations_and_other_models_are_refused():
+  """A WordPiece tokenizer's '##' pieces continue a word; a WordLevel one cannot say: a one-line error."""
+  from tokenizers import Tokenizer, models
+  vocab = {'[PAD]': 0, '[UNK]': 1, '[CLS]': 2, '[SEP]': 3, '[MASK]': 4, 'terr': 5, '##ible': 6, 'good': 7, '##s': 8}
+  tok = tokenizer_lib.Tokenizer.from_json(Tokenizer(models.WordPiece(vocab, unk_token='[UNK]')).to_str())
+  assert tok.continues_word().tolist() == [False] * 6 + [True, False, True]
+  with pytest.raises(tokenizer_lib.TokenizerError, match=r"needs a WordPiece or SentencePiece tokenizer.*'WordLevel'"):
+    tokenizer_lib.Tokenizer.from_json(wordlevel_json()).continues_word()

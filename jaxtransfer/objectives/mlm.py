@@ -4,7 +4,9 @@ Masking is drawn inside the jitted train step from the step key (`select_and_cor
 is bit-identical. As in BERT's own data pipeline, each sequence gets exactly round(`mlm.mask_rate` × its
 real tokens) selected positions (15 %; at least one, at most K = ceil(rate × T)), drawn uniformly among its
 real, non-special tokens; a selected token becomes [MASK] with probability `mlm.mask_token` (80 %), a
-random ordinary token with `mlm.random_token` (10 %), and stays itself otherwise. Loss and accuracy are
+random ordinary token with `mlm.random_token` (10 %), and stays itself otherwise. With `mlm.whole_word` the
+selection takes whole words (all the pieces of a word or none, up to the same count; the tokenizer says which
+pieces continue a word: `continues_word()`), as BERT's whole-word-masking models do. Loss and accuracy are
 over the selected positions only: the head runs on the K gathered positions of each row
 (`Model.per_token(positions=…)`) — the vocabulary projection is most of a small encoder's step, and
 computing it at every position only to zero 85 % of it would cost T/K ≈ 6.7× that part — so an unselected
@@ -38,13 +40,18 @@ def num_predictions(length: int, mask_rate: float) -> int:
 
 def select_and_corrupt(tokens: jax.Array, key: jax.Array, *, mask_rate: float, mask_token: float,
                        random_token: float, mask_id: int, special_ids: tuple[int, ...],
-                       vocab_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+                       vocab_size: int, continues_word: Any = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(corrupted tokens (B, T), positions (B, K) int32, valid (B, K) bool): BERT's masking (module docstring).
 
   Row i has n_i = min(K, max(1, round(rate × real_i))) selected positions (0 for a row of padding), uniform
   among its real, non-special tokens: `positions[i, :n_i]` with `valid[i, :n_i]` True; the other K − n_i
   entries point at unselected positions and are not valid. Random replacements are ordinary tokens,
   uniform over the vocabulary without the special ones.
+
+  `continues_word` (a (vocab,) bool table, True for a piece that continues the previous piece's word):
+  whole-word masking, what BERT's released whole-word models use — the pieces of a word are selected together
+  (`select_words`), so no masked piece is guessed from its own word's other pieces; each selected piece is
+  still replaced 80 / 10 / 10 on its own.
   """
   b, t = tokens.shape
   k = num_predictions(t, mask_rate)
@@ -52,15 +59,56 @@ def select_and_corrupt(tokens: jax.Array, key: jax.Array, *, mask_rate: float, m
   eligible = ~jnp.isin(tokens, jnp.asarray(special_ids, jnp.int32))
   real = jnp.sum(eligible, axis=1)
   n = jnp.where(real > 0, jnp.clip(jnp.round(mask_rate * real), 1, k), 0).astype(jnp.int32)
-  scores = jnp.where(eligible, jax.random.uniform(k_select, tokens.shape), -1.0)
-  _, positions = jax.lax.top_k(scores, k)                      # a uniform random order of the eligible ones
-  valid = jnp.arange(k)[None, :] < n[:, None]
+  u = jax.random.uniform(k_select, tokens.shape)
+  if continues_word is None:
+    scores = jnp.where(eligible, u, -1.0)
+    _, positions = jax.lax.top_k(scores, k)                    # a uniform random order of the eligible ones
+    valid = jnp.arange(k)[None, :] < n[:, None]
+  else:
+    positions, valid = select_words(eligible, jnp.asarray(continues_word, bool)[tokens], u, n, k)
   selected = jnp.zeros((b, t), bool).at[jnp.arange(b)[:, None], positions].set(valid)
   how = jax.random.uniform(k_how, tokens.shape)
   ordinary = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids)).astype(np.int32)
   random_ids = jnp.asarray(ordinary)[jax.random.randint(k_random, tokens.shape, 0, len(ordinary))]
   corrupted = jnp.where(how < mask_token, mask_id, jnp.where(how < mask_token + random_token, random_ids, tokens))
   return jnp.where(selected, corrupted, tokens).astype(tokens.dtype), positions.astype(jnp.int32), valid
+
+
+def select_words(eligible: jax.Array, continues: jax.Array, u: jax.Array, n: jax.Array,
+                 k: int) -> tuple[jax.Array, jax.Array]:
+  """(positions (B, K), valid (B, K)): whole words of each row in a uniform random order, taken while they fit.
+
+  A word is an eligible token and the eligible tokens right after it that `continues` (B, T). As BERT's
+  whole-word masking does, row i takes words in random order, skipping one that would bring its count of
+  selected pieces above n_i (or past the K prediction slots), so it selects at most n_i pieces — a few fewer
+  than n_i when the last words tried were long. Every piece of a word gets the word's random score `u` at the
+  word's first position, so `top_k` lists a word's pieces together, in order (ties go to the lower index).
+  """
+  b, t = eligible.shape
+  idx = jnp.arange(t)[None, :]
+  before = jnp.pad(eligible[:, :-1], ((0, 0), (1, 0)))
+  cont = eligible & continues & before
+  first = jax.lax.cummax(jnp.where(eligible & ~cont, idx, -1), axis=1)      # each word's first position
+  after = jnp.pad(cont[:, 1:], ((0, 0), (0, 1)))
+  last = jax.lax.cummin(jnp.where(eligible & ~after, idx, t), axis=1, reverse=True)
+  scores = jnp.where(eligible, jnp.take_along_axis(u, jnp.maximum(first, 0), axis=1), -1.0)
+  _, positions = jax.lax.top_k(scores, k)
+  at = lambda a: jnp.take_along_axis(a, positions, axis=1)
+  offset, length = positions - at(first), at(last) - at(first) + 1        # the piece's place in its word, word size
+  start = jnp.arange(k)[None, :] - offset                                 # the rank of its word's first piece
+  ok = at(eligible) & (start + length <= k)                               # the whole word is among the K ranked
+
+  def take(count, j):   # rank j: a word's first piece decides for the word; its other pieces follow it
+    first_piece = offset[:, j] == 0
+    fits = ok[:, j] & (count + length[:, j] <= n)
+    count = jnp.where(first_piece & fits, count + length[:, j], count)
+    return count, fits
+
+  _, chosen = jax.lax.scan(lambda c, j: take(c, j), jnp.zeros((b,), jnp.int32), jnp.arange(k))
+  chosen = chosen.T                                                       # (B, K)
+  # a later piece is valid iff its word's first piece was taken (its rank is `start`)
+  valid = jnp.take_along_axis(chosen, jnp.clip(start, 0, k - 1), axis=1) & ok
+  return positions, valid
 
 
 def masked_losses(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -83,9 +131,11 @@ class MaskedLM(base.Objective):
   mask_token: float = 0.8
   random_token: float = 0.1
   head_hidden: int = 0
+  whole_word: bool = False
   mask_id: int = -1
   special_ids: tuple[int, ...] = ()
   vocab_size: int = 0
+  continues_word: Any = dataclasses.field(default=None, compare=False, repr=False)   # (vocab,) bool, whole_word
 
   name = 'mlm'
   input_key = 'tokens'
@@ -94,8 +144,14 @@ class MaskedLM(base.Objective):
     mask_id = tokenizer.mask_id
     if mask_id is None:
       raise errors.ConfigError('objective mlm: the tokenizer has no [MASK] token')
+    continues = None
+    if self.whole_word:
+      continues = np.asarray(tokenizer.continues_word(), bool)
+      if continues.shape != (int(tokenizer.vocab_size),):
+        raise errors.ConfigError(f'objective mlm: the tokenizer\'s word table has shape {continues.shape}, '
+                                 f'not ({tokenizer.vocab_size},)')
     return dataclasses.replace(self, mask_id=int(mask_id), special_ids=tuple(int(i) for i in tokenizer.special_ids),
-                               vocab_size=int(tokenizer.vocab_size))
+                               vocab_size=int(tokenizer.vocab_size), continues_word=continues)
 
   def _check_bound(self) -> None:
     if self.mask_id < 0:
@@ -112,7 +168,7 @@ class MaskedLM(base.Objective):
   def _corrupt(self, tokens: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return select_and_corrupt(tokens, key, mask_rate=self.mask_rate, mask_token=self.mask_token,
                               random_token=self.random_token, mask_id=self.mask_id, special_ids=self.special_ids,
-                              vocab_size=self.vocab_size)
+                              vocab_size=self.vocab_size, continues_word=self.continues_word)
 
   def grads(self, fwd, trainable, state, batch, key):
     self._check_bound()
@@ -158,4 +214,5 @@ class MaskedLM(base.Objective):
 def from_config(config: ml_collections.ConfigDict) -> MaskedLM:
   m = config.get('mlm', ml_collections.ConfigDict())
   return MaskedLM(mask_rate=float(m.get('mask_rate', 0.15)), mask_token=float(m.get('mask_token', 0.8)),
-                  random_token=float(m.get('random_token', 0.1)), head_hidden=int(m.get('head_hidden', 0)))
+                  random_token=float(m.get('random_token', 0.1)), head_hidden=int(m.get('head_hidden', 0)),
+                  whole_word=bool(m.get('whole_word', False)))

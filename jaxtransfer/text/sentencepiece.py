@@ -120,6 +120,20 @@ class SentencePieceTokenizer:
       ids.add(self.mask_id)
     return tuple(sorted(int(i) for i in ids if i >= 0))
 
+  def continues_word(self) -> np.ndarray:
+    """(vocab,) bool: pieces that continue the previous piece's word — an ordinary piece that does not start
+    with SentencePiece's word boundary '▁' and starts with a letter or digit (punctuation such as ',' after a
+    word is a word of its own, as BERT's tokenizer splits it); whole-word masking reads it."""
+    sp = self._processor
+    out = np.zeros(sp.get_piece_size(), bool)
+    special = set(self.special_ids)
+    for i in range(len(out)):
+      if i in special or sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i):
+        continue
+      piece = sp.id_to_piece(i)
+      out[i] = not piece.startswith('\u2581') and piece[:1].isalnum()
+    return out
+
   def token_to_id(self, token: str) -> int | None:
     sp = self._processor
     i = int(sp.piece_to_id(token))

@@ -106,6 +106,20 @@ class Tokenizer:
   def token_to_id(self, token: str) -> int | None:
     return self._tokenizer.token_to_id(token)
 
+  def continues_word(self) -> np.ndarray:
+    """(vocab,) bool: tokens that continue the previous token's word — WordPiece's '##' pieces (BERT, MiniLM);
+    whole-word masking reads it. A tokenizer of another model type is a TokenizerError (its pieces do not
+    say where words start in a way read here)."""
+    model = json.loads(self.content).get('model', {})
+    if model.get('type') != 'WordPiece':
+      raise TokenizerError(f'whole-word masking needs a WordPiece or SentencePiece tokenizer, this one is '
+                           f'{model.get("type")!r}')
+    prefix = model.get('continuing_subword_prefix') or '##'
+    out = np.zeros(self.vocab_size, bool)
+    for token, i in self._tokenizer.get_vocab(with_added_tokens=False).items():
+      out[i] = token.startswith(prefix)
+    return out
+
   @property
   def mask_id(self) -> int:
     """Id of BERT's [MASK] token (the masked-LM objective's replacement token)."""
