@@ -104,7 +104,7 @@ def select_words(eligible: jax.Array, continues: jax.Array, u: jax.Array, n: jax
     count = jnp.where(first_piece & fits, count + length[:, j], count)
     return count, fits
 
-  _, chosen = jax.lax.scan(lambda c, j: take(c, j), jnp.zeros((b,), jnp.int32), jnp.arange(k))
+  _, chosen = jax.lax.scan(take, jnp.zeros((b,), jnp.int32), jnp.arange(k))
   chosen = chosen.T                                                       # (B, K)
   # a later piece is valid iff its word's first piece was taken (its rank is `start`)
   valid = jnp.take_along_axis(chosen, jnp.clip(start, 0, k - 1), axis=1) & ok
