@@ -290,6 +290,19 @@ def twin_gains(runs: list[Any]) -> dict[str, dict[str, dict[str, Any]]]:
   return sweep.summarize(gains)
 
 
+def pair_lrs(lrs: dict[str, dict[int, float]], rows: list[str]) -> str:
+  """A note under the paired table: the lr each side fine-tuned at, per budget. Each side takes its own tuned lr,
+  so the difference includes the lr choice — a twin tuned to another lr than the MLM row's (the tuning's tie
+  rule can move it) shows up here before anyone reads the difference as the encoder's."""
+  rows = [r for r in rows if r in lrs]
+  if len(rows) < 2:
+    return ''
+  budgets = sorted(lrs[rows[0]], key=_col)
+  per = '; '.join(f'{_col(n)} labels: ' + ', '.join(f'{r} {lrs[r][n]:g}' for r in rows if n in lrs[r])
+                  for n in budgets)
+  return f'\n\nLearning rates of the pairs (each side its own tuned lr): {per}.'
+
+
 def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[str, dict[int, float]],
            curve: list[Any] = ()) -> str:
   from jaxtransfer import sweep
@@ -307,7 +320,7 @@ def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[s
     results['mlm_gain'] = gains
     notes.append('## Own MLM encoder − its from-scratch twin, paired by seed\n\nThe same labelled subset and seed '
                  'on both sides; mean ± std (ddof=1) of the per-seed difference in accuracy points.\n\n'
-                 + sweep.table(gains, row_header='difference'))
+                 + sweep.table(gains, row_header='difference') + pair_lrs(lrs, [TWIN, *(g.split(' − ')[0] for g in gains)]))
   if shift:
     sh = sweep.summarize(sweep.values(shift, 'accuracy'))
     results['domain_shift'] = sh

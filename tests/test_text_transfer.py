@@ -119,11 +119,18 @@ def test_twin_gains_subtract_the_scratch_twin_seed_by_seed(tmp_path):
   partial = [g for g in grid if not (g.row == 'mlm full' and g.seed == 0)]
   assert T.twin_gains(partial)['mlm full − scratch']['300'] == {'mean': pytest.approx(0.01), 'std': 0.0, 'n': 1}
   a = T.parse([f'--workdir={tmp_path}', '--seeds=3', '--budgets=300,0'])
-  md = T.report(a, grid, [], {})
+  lrs = {'scratch': {300: 3e-4, 0: 3e-4}, 'mlm full': {300: 3e-3, 0: 1e-3}, 'mlm head': {300: 1e-2, 0: 1e-2},
+         'minilm full': {300: 5e-5, 0: 5e-5}}
+  md = T.report(a, grid, [], lrs)
   saved = json.load(open(tmp_path / 'results.json'))
   assert saved['mlm_gain']['mlm full − scratch']['300']['mean'] == pytest.approx(0.025)
-  assert '| mlm full − scratch | 2.5 ± 2.1 | 6.0 ± – |' in open(tmp_path / 'results.md').read()
+  text = open(tmp_path / 'results.md').read()
+  assert '| mlm full − scratch | 2.5 ± 2.1 | 6.0 ± – |' in text
+  # each side's own lr is printed under the paired table: a twin at another lr than its MLM row is visible
+  assert ('Learning rates of the pairs (each side its own tuned lr): 300 labels: scratch 0.0003, mlm full 0.003, '
+          'mlm head 0.01; 1600 labels: scratch 0.0003, mlm full 0.001, mlm head 0.01.') in text
   assert 'tf-idf' in md
+  assert T.pair_lrs({'scratch': {300: 1e-3}}, ['scratch', 'mlm full']) == ''
 
 
 def test_domain_shift_pairs_the_mlm_encoder_with_its_scratch_twin(tmp_path):
