@@ -320,7 +320,7 @@ def report(a: argparse.Namespace, grid: list[Any], shift: list[Any], lrs: dict[s
     results['mlm_gain'] = gains
     notes.append('## Own MLM encoder − its from-scratch twin, paired by seed\n\nThe same labelled subset and seed '
                  'on both sides; mean ± std (ddof=1) of the per-seed difference in accuracy points.\n\n'
-                 + sweep.table(gains, row_header='difference') + pair_lrs(lrs, [TWIN, *(g.split(' − ')[0] for g in gains)]))
+                 + sweep.table(gains, row_header='difference') + pair_lrs(lrs, [TWIN, *(s for s in lrs if STRATEGIES.get(s, ('',))[0] == 'mlm')]))
   if shift:
     sh = sweep.summarize(sweep.values(shift, 'accuracy'))
     results['domain_shift'] = sh

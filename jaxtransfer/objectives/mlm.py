@@ -144,12 +144,7 @@ class MaskedLM(base.Objective):
     mask_id = tokenizer.mask_id
     if mask_id is None:
       raise errors.ConfigError('objective mlm: the tokenizer has no [MASK] token')
-    continues = None
-    if self.whole_word:
-      continues = np.asarray(tokenizer.continues_word(), bool)
-      if continues.shape != (int(tokenizer.vocab_size),):
-        raise errors.ConfigError(f'objective mlm: the tokenizer\'s word table has shape {continues.shape}, '
-                                 f'not ({tokenizer.vocab_size},)')
+    continues = np.asarray(tokenizer.continues_word(), bool) if self.whole_word else None
     return dataclasses.replace(self, mask_id=int(mask_id), special_ids=tuple(int(i) for i in tokenizer.special_ids),
                                vocab_size=int(tokenizer.vocab_size), continues_word=continues)
 
