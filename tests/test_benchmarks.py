@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments.benchmarks import report
@@ -61,6 +62,16 @@ def test_quick_benchmark_schema(tmp_path, data_dir):
   assert 1.0 <= m['flops']['xla_over_analytic'] < 1.5, m['flops']
   assert res['mlm_train_gflops_over_matmul_gflops'] == pytest.approx(
       m['flops']['step_gflops_per_s'] / m['flops']['matmul_gflops_per_s'], rel=1e-3)
+  # The step's matmul classes, timed alone: the tiny encoder's shapes (batch 8 × 16, width 32, 2 heads, MLP 64,
+  # K = ceil(0.15 × 16) = 3 head rows per sequence, vocabulary 256), GFLOP/s from their own medians; no torch.
+  kernels = m['kernels']
+  assert {k: (v['kind'], v['dims']) for k, v in kernels.items()} == {
+      'projection': ('nn', [128, 32, 32]), 'mlp_in': ('nn', [128, 32, 64]), 'kernel_grad': ('tn', [32, 128, 32]),
+      'attention': ('bnt', [16, 16, 16, 16]), 'vocab': ('nn', [24, 32, 256])}
+  for name, k in kernels.items():
+    median_s = m['timings'][f'jax_{name}_x10']['median_ms'] / 1e3
+    assert k['jax_gflops_per_s'] == pytest.approx(k['gflop'] * 10 / median_s, rel=1e-2), name
+    assert k['torch_gflops_per_s'] is None and k['jax_time_over_torch'] is None
   # LoRA: Adam state held under backbone/ is exactly mu and nu of the adapters (none for the frozen base).
   assert res['lora_opt_state_over_adapter_bytes'] == 2.0
   assert 0 < raw['lora']['trainable_fraction'] < 0.1
@@ -131,6 +142,34 @@ def test_mlm_torch_twin_computes_the_jax_models_loss_and_times_its_step():
   assert math.isfinite(info['first_loss'])
   assert out['loss'] == pytest.approx(jax_loss, rel=1e-6)   # tanh- vs exact GELU alone moves it by 5e-6
   assert out['correct'] == float(jnp.sum(correct))
+  assert len(times) == 2 and all(t > 0 for t in times)
+
+
+@pytest.mark.parametrize('kind,dims,reference', [
+    ('nn', (5, 3, 4), lambda a, b: a @ b),
+    ('tn', (5, 3, 4), lambda a, b: a.T @ b),
+    ('bnt', (2, 5, 3, 4), lambda a, b: np.einsum('bmk,bnk->bmn', a, b))])
+def test_gemm_classes_compute_their_products_in_jax_and_in_the_torch_worker(kind, dims, reference):
+  """Both sides of a `raw.kernels` row compute the GEMM its kind names, on operands of `gemm_shapes`."""
+  from experiments.benchmarks import mlm
+  shape_a, shape_b = mlm.gemm_shapes(kind, dims)
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=shape_a).astype(np.float32), rng.normal(size=shape_b).astype(np.float32)
+  want = reference(a, b)
+  assert want.shape == (dims[0], dims[1], dims[3]) if kind == 'bnt' else want.shape == (dims[0], dims[2])
+  np.testing.assert_allclose(np.asarray(mlm.jax_gemm(kind)(a, b)), want, rtol=1e-5, atol=1e-5)
+  assert 2 * math.prod(dims) == 2 * want.size * (dims[2] if kind == 'bnt' else dims[1])   # the FLOPs it counts
+  if importlib.util.find_spec('torch') is None:
+    pytest.skip("torch is not installed (the `convert` extra: pip install -c constraints.txt -e '.[convert]')")
+  worker, info = bench.start_torch(sys.executable, None, (), 1)
+  assert worker is not None, info
+  try:
+    got = worker.ask({'cmd': 'gemm', 'kind': kind, 'a': a.tolist(), 'b': b.tolist()})['value']
+    worker.ask({'cmd': 'setup_kernels', 'calls': 2, 'kernels': {'k': [kind, list(shape_a), list(shape_b)]}})
+    times = worker.ask({'cmd': 'time', 'what': 'kernel:k', 'batch': 0, 'n': 2})['times']
+  finally:
+    worker.close()
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   assert len(times) == 2 and all(t > 0 for t in times)
 
 

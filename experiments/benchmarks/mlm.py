@@ -29,6 +29,13 @@ shape); the real-token count is the mean over `REAL_TOKEN_BATCHES` random batche
 padded to each bucket is recorded. Without the data: random tokens with row lengths uniform in [8, 64]
 (`raw.tokens.source` says which).
 
+Where the step ratio comes from (`raw.kernels`, a second table in the markdown): the step's matmul classes —
+a projection x·W (rows × width × width), the MLP's widening layer, a projection's kernel gradient xᵀ·g
+(contracting all batch × seq rows), the attention's q·kᵀ per (row, head) (batch·heads products of seq × head_dim
+× seq) and the head's vocabulary projection — each timed alone as `KERNEL_CALLS` back-to-back products in JAX
+(`jax.lax.dot_general`, jitted) and in the torch worker (`@`, `.t() @`, `torch.bmm`), in the same rounds as the
+steps, with their GFLOP/s and the time ratio. The two CPUs this project runs on differ most there (BUILD_NOTES).
+
 Keys (top level of the JSON):
   mlm_step_jax_over_torch               median JAX step / median PyTorch step (target ≤ 0.8; null without torch)
   mlm_train_gflops_over_matmul_gflops   (XLA cost-analysis FLOPs of the compiled JAX step / its median time) /
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -205,6 +213,63 @@ def torch_state(params: Any) -> dict[str, list]:
   return {k: np.ascontiguousarray(v, np.float32).tolist() for k, v in out.items()}
 
 
+# ------------------------------------------------------------------------------------------- matmul classes
+
+# The step's matmuls fall into a few shapes, each run many times per step; `raw.kernels` times one of each
+# alone, in JAX and in torch, in the same rounds as the steps, so the record says which class a CPU runs
+# slower under XLA than under torch — where the step ratio comes from (module docstring). GEMM kinds, dims
+# (m, k, n) or (batch, m, k, n): 'nn' a(m, k)·b(k, n); 'tn' a(k, m)ᵀ·b(k, n), the kernel gradient's
+# contraction over the rows; 'bnt' a(batch, m, k)·b(batch, n, k)ᵀ, one small product per (row, head).
+KERNEL_CALLS = 10
+GEMM_DIMENSIONS = {'nn': (((1,), (0,)), ((), ())), 'tn': (((0,), (0,)), ((), ())),
+                   'bnt': (((2,), (2,)), ((0,), (0,)))}
+
+
+def kernel_classes(backbone: dict[str, Any], batch: int, seq: int, head_positions: int,
+                   head_hidden: int = 0) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """name → (GEMM kind, dims) of the masked-LM step's matmul classes, one shape standing for several dots of
+  the step (per layer: 'projection' 4 forward + 4 input gradients, 'kernel_grad' 4, 'attention' 6 batched
+  products of the same size in several transposes; 'mlp_in' and 'vocab' forward, their gradients alike)."""
+  d, heads, m, v = backbone['width'], backbone['num_heads'], backbone['mlp_dim'] or 4 * backbone['width'], \
+      backbone['vocab_size']
+  rows = batch * seq
+  return {'projection': ('nn', (rows, d, d)),                    # q/k/v/out: x·W (and g·Wᵀ)
+          'mlp_in': ('nn', (rows, d, m)),                        # the MLP's widening layer
+          'kernel_grad': ('tn', (d, rows, d)),                   # xᵀ·g over every row: a projection's dW
+          'attention': ('bnt', (batch * heads, seq, d // heads, seq)),   # q·kᵀ per (row, head)
+          'vocab': ('nn', (batch * head_positions, head_hidden or d, v))}  # the head's output projection
+
+
+def gemm_shapes(kind: str, dims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The operand shapes of a GEMM class (see `GEMM_DIMENSIONS`)."""
+  if kind == 'bnt':
+    b, m, k, n = dims
+    return (b, m, k), (b, n, k)
+  m, k, n = dims
+  return ((m, k) if kind == 'nn' else (k, m)), (k, n)
+
+
+def jax_gemm(kind: str):
+  """The GEMM class as `jax.lax.dot_general` (what the step's dots are)."""
+  import jax
+  return lambda a, b: jax.lax.dot_general(a, b, GEMM_DIMENSIONS[kind])
+
+
+class JaxGemm:
+  """`KERNEL_CALLS` jitted calls of one GEMM class on fixed random operands."""
+
+  def __init__(self, kind: str, dims: tuple[int, ...], seed: int = 0):
+    import jax
+    shape_a, shape_b = gemm_shapes(kind, dims)
+    ka, kb = jax.random.split(jax.random.key(seed))
+    self.a, self.b = jax.random.normal(ka, shape_a), jax.random.normal(kb, shape_b)
+    self.fn = jax.jit(jax_gemm(kind)).lower(self.a, self.b).compile()
+
+  def __call__(self):
+    import jax
+    return jax.block_until_ready([self.fn(self.a, self.b) for _ in range(KERNEL_CALLS)])
+
+
 # ------------------------------------------------------------------------------------------- torch side
 
 
@@ -268,6 +333,17 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
     fns['torch_mlm_step'] = ask(torch_w)
   for n, (w, _) in also.items():
     fns[f'torch_mlm_step_{n}_threads'] = ask(w)
+  backbone = dict(jax_step.spec['backbone'])
+  head_positions = mlm_objective.num_predictions(tokens.shape[1], jax_step.objective.mask_rate)
+  kernels = kernel_classes(backbone, tokens.shape[0], tokens.shape[1], head_positions, jax_step.objective.head_hidden)
+  for name, (kind, dims) in kernels.items():
+    fns[f'jax_{name}_x{KERNEL_CALLS}'] = JaxGemm(kind, dims)
+  if torch_w:
+    torch_w.ask({'cmd': 'setup_kernels', 'calls': KERNEL_CALLS,
+                 'kernels': {name: [kind, *gemm_shapes(kind, dims)] for name, (kind, dims) in kernels.items()}})
+    for name in kernels:
+      fns[f'torch_{name}_x{KERNEL_CALLS}'] = (
+          lambda name=name: torch_w.ask({'cmd': 'time', 'what': f'kernel:{name}', 'batch': 0, 'n': 1}))
   print(f'mlm: timing {list(fns)} × {rounds} rounds ...', flush=True)
   times = timing.interleaved(fns, rounds, calls=1, untimed=1)
   for w in [torch_w] + [w for w, _ in also.values()]:
@@ -275,10 +351,15 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
       w.close()
   med = {k: statistics.median(v) for k, v in times.items()}
   step_flops = bench_run._flops(jax_step.compiled)
-  backbone = dict(jax_step.spec['backbone'])
-  analytic = analytic_flops(backbone, tokens.shape[0], tokens.shape[1],
-                            mlm_objective.num_predictions(tokens.shape[1], jax_step.objective.mask_rate),
+  analytic = analytic_flops(backbone, tokens.shape[0], tokens.shape[1], head_positions,
                             jax_step.objective.head_hidden)
+  gflops = lambda dims, key: (2.0 * math.prod(dims) * KERNEL_CALLS / med[key] / 1e9) if key in med else None
+  kernel_rows = {}
+  for name, (kind, dims) in kernels.items():
+    j, t = gflops(dims, f'jax_{name}_x{KERNEL_CALLS}'), gflops(dims, f'torch_{name}_x{KERNEL_CALLS}')
+    kernel_rows[name] = {'kind': kind, 'dims': list(dims), 'gflop': 2.0 * math.prod(dims) / 1e9,
+                         'jax_gflops_per_s': round(j, 2), 'torch_gflops_per_s': None if t is None else round(t, 2),
+                         'jax_time_over_torch': None if t is None else round(t / j, 4)}
   step_gflops = step_flops / med['jax_mlm_step'] / 1e9
   mm_gflops = matmul.flops * MATMUL_CALLS / med[f'matmul_{n_mm}_x{MATMUL_CALLS}'] / 1e9
   res = {
@@ -296,6 +377,7 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
                 'analytic_matmul_flops': analytic, 'xla_over_analytic': step_flops / analytic['total'],
                 'step_gflops_per_s': round(step_gflops, 3), 'matmul_n': n_mm,
                 'matmul_gflops_per_s': round(mm_gflops, 3)},
+      'kernels': kernel_rows,
       'tokens': tok_info, 'jax_first_step_metrics': first, 'jax_compile_s': round(compile_s, 2),
       'torch': torch_info,
       'torch_also': {str(n): {**info, 'jax_over_this_torch': med['jax_mlm_step'] / med[f'torch_mlm_step_{n}_threads']}
@@ -310,7 +392,9 @@ def markdown(res: dict[str, Any]) -> str:
   raw = res['raw']
   f, t = raw['flops'], raw['tokens']
   rows = [(f'`{k}`', 'n/a' if res[k] is None else f'{res[k]:.4g}', TARGETS[k]) for k in TOP_KEYS]
-  rows += [(f'{k} (median / min ms)', f'{v["median_ms"]:.1f} / {v["min_ms"]:.1f}', '') for k, v in raw['timings'].items()]
+  kernel_keys = {f'{side}_{name}_x{KERNEL_CALLS}' for name in raw['kernels'] for side in ('jax', 'torch')}
+  rows += [(f'{k} (median / min ms)', f'{v["median_ms"]:.1f} / {v["min_ms"]:.1f}', '') for k, v in raw['timings'].items()
+           if k not in kernel_keys]
   rows += [('JAX step GFLOP/s (XLA count) vs matmul', f'{f["step_gflops_per_s"]:.1f} ({f["xla_step_flops"] / 1e9:.2f} '
             f'GFLOP/step; analytic matmuls {f["analytic_matmul_flops"]["total"] / 1e9:.2f}) vs {f["matmul_gflops_per_s"]:.1f}',
             ''),
@@ -323,10 +407,16 @@ def markdown(res: dict[str, Any]) -> str:
   for n, info in raw.get('torch_also', {}).items():
     torch_line += (f' Same rounds, torch with {n} thread(s): JAX / that step = {info["jax_over_this_torch"]:.3f} '
                    '(raw only; see the module docstring).')
+  num = lambda x, fmt: 'n/a' if x is None else format(x, fmt)
+  kernel_rows = [(name, f'{k["kind"]} {"×".join(map(str, k["dims"]))}', f'{k["jax_gflops_per_s"]:.1f}',
+                  num(k['torch_gflops_per_s'], '.1f'), num(k['jax_time_over_torch'], '.3f'))
+                 for name, k in raw['kernels'].items()]
   return (report.table(f'Masked-LM pretraining step, batch {raw["batch"][0]} × {raw["batch"][1]}, {raw["rounds"]} '
                        f'interleaved rounds, {raw["machine"]["cpu"]}, load average {raw["machine"]["loadavg_start"]} → '
                        f'{raw["machine"]["loadavg_end"]}', ('quantity', 'value', 'target'), rows)
-          + '\n' + torch_line + '\n')
+          + '\n' + torch_line + '\n\n'
+          + report.table('The step\'s matmul classes alone, same rounds (GFLOP/s; time ratio JAX / torch)',
+                         ('class', 'GEMM (dims)', 'JAX', 'torch', 'JAX / torch time'), kernel_rows))
 
 
 def main(argv: list[str] | None = None) -> None:

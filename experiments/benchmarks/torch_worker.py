@@ -33,6 +33,14 @@ Masked-LM pretraining step (`experiments.benchmarks.mlm`), the same protocol:
      "targets": [[...]]}
   ← {"ok": true, "loss": 8.99, "correct": 3.0}     # eval mode (no dropout), given weights: the equivalence check
 
+The step's matmul classes (`mlm.kernel_classes`), each timed alone as `calls` back-to-back products of fixed
+random operands (kinds as `mlm.GEMM_DIMENSIONS`: 'nn' a·b, 'tn' aᵀ·b, 'bnt' a·bᵀ per batch):
+
+  → {"cmd": "setup_kernels", "calls": 10, "kernels": {"attention": ["bnt", [512, 64, 32], [512, 64, 32]], ...}}
+  → {"cmd": "time", "what": "kernel:attention", "batch": 0, "n": 1}
+  → {"cmd": "gemm", "kind": "tn", "a": [[...]], "b": [[...]]}
+  ← {"ok": true, "value": [[...]]}                 # the product of given operands (the tests' check)
+
 `MLMEncoder` mirrors `jaxtransfer.models.transformer.TransformerEncoder` (layout 'pre_ln', token stem) +
 `heads.MLMHead`: token embedding + learned positions, dropout; per layer x + Drop(Out(Attn(LN(x)))) and
 x + Drop(MLP(LN(x))) with LayerNorm ε 1e-6, separate q/k/v/out projections, a key-padding mask and tanh-GELU;
@@ -118,6 +126,28 @@ def build_mlm(torch, vocab_size, max_len, width, num_layers, num_heads, mlp_dim,
       return self.out(self.norm(F.gelu(self.transform(x))))
 
   return MLMEncoder()
+
+
+def gemm(torch, kind, a, b):
+  """One GEMM class (module docstring) as a PyTorch user writes it."""
+  if kind == 'nn':
+    return a @ b
+  if kind == 'tn':
+    return a.t() @ b
+  if kind == 'bnt':
+    return torch.bmm(a, b.transpose(1, 2))
+  raise ValueError(f'unknown GEMM kind {kind!r}')
+
+
+def kernels_setup(torch, msg):
+  """{'kernel:<name>': fn(batch)} running each class `calls` times on fixed random operands."""
+  torch.manual_seed(0)
+  calls, fns = int(msg['calls']), {}
+  for name, (kind, shape_a, shape_b) in msg['kernels'].items():
+    a, b = torch.randn(*shape_a), torch.randn(*shape_b)
+    gemm(torch, kind, a, b)    # warm-up
+    fns[f'kernel:{name}'] = lambda _batch, kind=kind, a=a, b=b: [gemm(torch, kind, a, b) for _ in range(calls)]
+  return fns
 
 
 def mlm_setup(torch, msg):
@@ -239,6 +269,13 @@ def main() -> None:
         state.update(mlm_step=step, mlm_loss=loss_of)
         reply({'ok': True, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
                'interop_threads': torch.get_num_interop_threads(), **info})
+      elif cmd == 'setup_kernels':
+        state.update(kernels_setup(torch, msg))
+        reply({'ok': True})
+      elif cmd == 'gemm':
+        out = gemm(torch, msg['kind'], torch.tensor(msg['a'], dtype=torch.float32),
+                   torch.tensor(msg['b'], dtype=torch.float32))
+        reply({'ok': True, 'value': out.tolist()})
       elif cmd == 'mlm_loss':
         reply({'ok': True, **state['mlm_loss'](msg)})
       elif cmd == 'time':
