@@ -51,6 +51,8 @@ def base() -> ml_collections.ConfigDict:
   c.text.tokenizer_seed = 0
   c.text.max_len = 128                  # tokens per example at most ([CLS] and [SEP] included)
   c.text.buckets = (32, 64, 128)        # each batch padded to the smallest of these that holds it
+  c.text.group_by_length = 0            # G > 0: training batches drawn G at a time, the G·B texts sorted by token
+                                        # count and cut into G batches of like lengths, in shuffled order: less padding
   c.mlm = ml_collections.ConfigDict()   # objective 'mlm' (BERT's masking)
   c.mlm.mask_rate = 0.15                # fraction of the real, non-special tokens selected
   c.mlm.mask_token = 0.8                # of those: → [MASK]

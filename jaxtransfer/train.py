@@ -253,7 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | 
   progress = ProgressLog(start, config.train.steps, every=config.train.log_every)
   batches = pipeline.train_batches(train_source, batch_size=config.train.batch_size, seed=config.seed,
                                    start_step=start, indices=indices, process_index=jax.process_index(),
-                                   process_count=jax.process_count(), preprocess=pre)
+                                   process_count=jax.process_count(), preprocess=pre,
+                                   group_by_length=int(config.text.get('group_by_length', 0)))
   bad = jax.device_put(np.array([-1, 0], np.int32), rep)    # guard_step's record: no step flagged yet
   check_finite = lambda: _check_finite(bad, policy, max_nonfinite, mngr)
   step = start

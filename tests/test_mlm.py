@@ -100,6 +100,45 @@ def test_batches_are_padded_per_batch_to_the_smallest_bucket(corpus):
     assert set(np.unique(batch['tokens'][batch['mask'] == 0]).tolist()) <= set(tok.special_ids)
 
 
+def test_group_by_length_deals_like_lengths_and_keeps_epochs_resume_and_host_slices(corpus):
+  """text.group_by_length=G: each window of G batches holds exactly the examples the ungrouped stream draws
+  for those steps (so epochs are unchanged), re-cut by token count — the batches' count ranges do not
+  overlap, and they pad shorter than uniform draws; resumed and per-host streams are the same stream."""
+  rng = np.random.default_rng(1)
+  words = sorted({w for t in POS + NEG for w in t.split()})
+  source = [{'text': ' '.join(rng.choice(words, int(n))).encode(), 'label': i}
+            for i, n in enumerate(rng.integers(1, 15, 100))]
+  ti = text_inputs.TextInputs(corpus['tok'], max_len=16, buckets=(4, 8, 12))
+  counts = ti.token_counts([ex['text'] for ex in source])
+  assert counts.tolist() == [min(len(ex['text'].split()) + 2, 16) for ex in source]
+  g, b, steps = 5, 8, 30                                  # 240 rows: a window crosses an epoch boundary
+  draw = lambda group, **kw: pipeline.train_batches(source, batch_size=b, seed=2, preprocess=ti, group_by_length=group, **kw)
+  it, plain_it = draw(g), draw(0)
+  grouped, plain = [next(it) for _ in range(steps)], [next(plain_it) for _ in range(steps)]
+  labels = lambda batch: batch['label'].tolist()
+  for w in range(steps // g):
+    window = grouped[w * g:(w + 1) * g]
+    assert sorted(sum(map(labels, window), [])) == sorted(sum(map(labels, plain[w * g:(w + 1) * g]), []))
+    ranges = sorted((counts[labels(x)].min(), counts[labels(x)].max()) for x in window)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:])), ranges
+    # each batch pads to the bucket of its own longest text
+    assert all(x['tokens'].shape[1] == ti.length(counts[labels(x)].max()) for x in window)
+  longest = [[counts[labels(x)].max() for x in grouped[w * g:(w + 1) * g]] for w in range(steps // g)]
+  assert any(m != sorted(m) for m in longest)           # dealt in shuffled order, not shortest first
+  assert np.mean([x['tokens'].shape[1] for x in grouped]) < np.mean([x['tokens'].shape[1] for x in plain])
+  for start in (3, 7, 12):
+    resumed = draw(g, start_step=start)
+    assert all(labels(next(resumed)) == labels(grouped[t]) for t in range(start, steps))
+  halves = [draw(g, process_index=p, process_count=2) for p in (0, 1)]
+  for t in range(steps):
+    assert labels(next(halves[0])) + labels(next(halves[1])) == labels(grouped[t])
+  images = [{'image': np.zeros((2, 2, 1), np.uint8), 'label': 0}] * 4
+  with pytest.raises(errors.ConfigError, match='group_by_length=5 needs a text dataset'):
+    pipeline.train_batches(images, batch_size=2, seed=0, group_by_length=5)
+  with pytest.raises(errors.ConfigError, match='group_by_length=-1'):
+    draw(-1)
+
+
 def test_text_batches_without_a_tokenizer_are_a_one_line_error(corpus):
   source = catalog.load(corpus['data'], 'train', data_dir=corpus['data_dir'])
   with pytest.raises(errors.DataError, match='needs a tokenizer'):

@@ -31,7 +31,9 @@ parsed them).
 Preprocessing (`preprocess=Preprocess(...)`, see preprocess.py, built from config.input by
 `preprocess.from_config`): resize / crop / flip per example, normalisation per batch. Text datasets
 (a 'text' feature) need `preprocess=text.inputs.TextInputs(...)`: each batch's texts become 'tokens'
-(int32 (B, T), padded per batch to one of a few bucket lengths). Training
+(int32 (B, T), padded per batch to one of a few bucket lengths); `group_by_length=G` deals them in
+batches of like token counts, G batches at a time (`_TrainStream`), so that fewer batches pad to the
+longest bucket (the masked-LM pretraining: BUILD_NOTES). Training
 augmentation of element j (its position in the shuffled, repeated stream) draws from a generator
 seeded by (seed, j), so batch s is still a pure function of (seed, s) and a resumed run sees the same
 augmented images. Evaluation is deterministic (centre crop).
@@ -153,16 +155,23 @@ class _TrainStream:
   """Random access to this host's rows of global training batch s (picklable, for grain workers).
 
   Global position j holds subset element perm_e(j mod n), e = j // n, with one seeded permutation per
-  epoch; this host's rows of batch s are positions s·B + [lo, hi).
+  epoch; this host's rows of batch s are positions s·B + [lo, hi). With `group` G > 0 (text only) the
+  positions of batches [wG, (w+1)G) — window w — are sorted by their texts' token counts (stable), cut into
+  G batches of like lengths and dealt in a seeded order: batch s = wG + c holds the sorted window's chunk
+  π_w(c). Every position is still used once, so epochs hold every example once, and batch s is still a pure
+  function of (seed, s).
   """
 
   def __init__(self, examples: _Examples, batch_size: int, rows: tuple[int, int], seed: int,
-               preprocess: Preprocess | None):
+               preprocess: Preprocess | None, group: int = 0):
     self._ex, self._B, self._rows = examples, batch_size, rows
     self._seed = int(np.random.SeedSequence([int(seed), 0x6A78]).generate_state(1)[0])
     self._aug_seed = int(np.random.SeedSequence([int(seed), 0x6175]).generate_state(1)[0])
+    self._group_seed = int(np.random.SeedSequence([int(seed), 0x676C]).generate_state(1)[0])
     self._pre = preprocess
+    self._group = int(group)
     self._perms: dict[int, np.ndarray] = {}
+    self._windows: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     return sys.maxsize
@@ -176,10 +185,30 @@ class _TrainStream:
       self._perms[epoch] = perm
     return perm
 
-  def __getitem__(self, step: int) -> Batch:
-    j = int(step) * self._B + np.arange(*self._rows)
+  def _positions(self, j: np.ndarray) -> np.ndarray:
     epochs, r = np.divmod(j, len(self._ex))
-    positions = np.array([self._perm(int(e))[i] for e, i in zip(epochs, r)])
+    return np.array([self._perm(int(e))[i] for e, i in zip(epochs, r)])
+
+  def _window(self, w: int) -> np.ndarray:
+    """(G, B) stream positions of window w's batches: sorted by token count, chunks in seeded order."""
+    window = self._windows.get(w)       # shared by reader threads, like _perms: a race only recomputes it
+    if window is None:
+      j = w * self._group * self._B + np.arange(self._group * self._B)
+      counts = self._pre.token_counts(self._ex.batch(self._positions(j))['text'])
+      chunks = j[np.argsort(counts, kind='stable')].reshape(self._group, self._B)
+      window = chunks[np.random.default_rng([self._group_seed, w]).permutation(self._group)]
+      if len(self._windows) > 8:
+        self._windows.clear()
+      self._windows[w] = window
+    return window
+
+  def __getitem__(self, step: int) -> Batch:
+    if self._group:
+      w, c = divmod(int(step), self._group)
+      j = self._window(w)[c, self._rows[0]:self._rows[1]]
+    else:
+      j = int(step) * self._B + np.arange(*self._rows)
+    positions = self._positions(j)
     if self._pre is None or self._pre.is_identity:
       batch = self._ex.batch(positions)
     else:  # element j augmented with rng(seed, j)
@@ -232,8 +261,8 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
                   num_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   preprocess: Preprocess | None = None,
-                  cache_bytes: int = CACHE_BYTES) -> Iterator[Batch]:
-  """Infinite shuffled training batches; batch s depends only on (seed, s, indices).
+                  cache_bytes: int = CACHE_BYTES, group_by_length: int = 0) -> Iterator[Batch]:
+  """Infinite shuffled training batches; batch s depends only on (seed, s, indices, group_by_length).
 
   Args:
     source: random-access source of {'image': uint8 (H, W, C), 'label': int}.
@@ -246,6 +275,8 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
     process_index, process_count: this host's slice of every global batch.
     preprocess: optional resize / random crop / flip / normalisation (module docstring).
     cache_bytes: keep the (subset of the) source in memory when it is at most this large.
+    group_by_length: G > 0 (text, `preprocess` a `TextInputs`): batches of like token counts, drawn G at a
+      time (`_TrainStream`), so that fewer of them pad to the longest bucket. 0: every batch a uniform draw.
 
   Yields:
     {'image': float32 (b, H, W, C) in [0, 1] (normalised if `preprocess` says so), 'label': int32 (b,)}.
@@ -256,8 +287,13 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int,
   ids = _subset_ids(source, indices)
   if len(ids) == 0:
     raise errors.DataError('cannot draw training batches from an empty dataset')
+  if group_by_length < 0:
+    raise errors.ConfigError(f'text.group_by_length={group_by_length}: must be 0 (off) or a number of batches')
+  if group_by_length and not hasattr(preprocess, 'token_counts'):
+    raise errors.ConfigError(f'text.group_by_length={group_by_length} needs a text dataset (it sorts by token '
+                             'count); set it to 0 for images')
   stream = _TrainStream(_Examples(source, ids, cache_bytes), batch_size,
-                        (process_index * b, (process_index + 1) * b), seed, preprocess)
+                        (process_index * b, (process_index + 1) * b), seed, preprocess, group_by_length)
   return _iterate(grain.MapDataset.source(stream)[start_step:], num_threads, prefetch, worker_count)
 
 

@@ -5,7 +5,9 @@
 
 Every batch is padded to the smallest bucket that holds its longest sequence (truncated at `max_len`), so
 a train or eval step compiles once per bucket — at most `len(buckets)` programs — while short batches do
-not pay for `max_len`. With several processes the hosts cannot agree on a batch's bucket without a
+not pay for `max_len`. Training batches of random sentences almost always hold one long sentence, so
+they pad to the longest bucket: `text.group_by_length` (data/pipeline.py) draws batches of like lengths
+instead. With several processes the hosts cannot agree on a batch's bucket without a
 collective, so every batch is padded to `max_len` (one program).
 
 Which tokenizer (`tokenizer_for_run`), in order:
@@ -75,6 +77,12 @@ class TextInputs:
     out = np.full((len(ids), self.length(ids.shape[1])), self.tokenizer.pad_id, np.int32)
     out[:, :ids.shape[1]] = ids
     return out
+
+  def token_counts(self, texts: Sequence[Any]) -> np.ndarray:
+    """(len(texts),) int: each text's token count as `tokens` pads it (specials included, at most max_len) —
+    what `text.group_by_length` sorts by."""
+    ids = self.tokenizer.encode([_as_str(t) for t in texts], max_len=self.max_len)
+    return np.sum(ids != self.tokenizer.pad_id, axis=1)
 
   def output_shape(self, shape: Sequence[int] = ()) -> tuple[int, ...]:
     """The shape of one example the model is initialised with (parameters do not depend on the length)."""
