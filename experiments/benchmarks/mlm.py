@@ -26,7 +26,8 @@ splitting) tokenized by a SentencePiece of the config's 8000 pieces trained on 2
 full corpus takes ~3× longer and gives the same lengths within 2 %), padded like the pipeline
 (`text.inputs.TextInputs`, buckets 32/64). One such batch is timed (the step's cost depends only on its
 shape); the real-token count is the mean over `REAL_TOKEN_BATCHES` random batches of 128 and the share
-padded to each bucket is recorded. Without the data: random tokens with row lengths uniform in [8, 64]
+padded to each bucket is recorded (uniform draws: the pretraining config's `text.group_by_length` deals
+batches of like lengths instead, most of them shorter than 64 — the step timed here is its longest). Without the data: random tokens with row lengths uniform in [8, 64]
 (`raw.tokens.source` says which).
 
 Where the step ratio comes from (`raw.kernels`, a second table in the markdown): the step's matmul classes —
