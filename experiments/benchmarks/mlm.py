@@ -34,7 +34,8 @@ Where the step ratio comes from (`raw.kernels`, a second table in the markdown):
 a projection x·W (rows × width × width), the MLP's widening layer, a projection's kernel gradient xᵀ·g
 (contracting all batch × seq rows), the attention's q·kᵀ per (row, head) (batch·heads products of seq × head_dim
 × seq) and the head's vocabulary projection — each timed alone as `KERNEL_CALLS` back-to-back products in JAX
-(`jax.lax.dot_general`, jitted) and in the torch worker (`@`, `.t() @`, `torch.bmm`), in the same rounds as the
+(`jax.lax.dot_general`, jitted) and in the torch worker (`F.linear` on an `nn.Linear`-stored weight, `.t() @`,
+`torch.bmm`), in the same rounds as the
 steps, with their GFLOP/s and the time ratio. The two CPUs this project runs on differ most there (BUILD_NOTES).
 
 Keys (top level of the JSON):

@@ -34,7 +34,8 @@ Masked-LM pretraining step (`experiments.benchmarks.mlm`), the same protocol:
   ← {"ok": true, "loss": 8.99, "correct": 3.0}     # eval mode (no dropout), given weights: the equivalence check
 
 The step's matmul classes (`mlm.kernel_classes`), each timed alone as `calls` back-to-back products of fixed
-random operands (kinds as `mlm.GEMM_DIMENSIONS`: 'nn' a·b, 'tn' aᵀ·b, 'bnt' a·bᵀ per batch):
+random operands (kinds as `mlm.GEMM_DIMENSIONS`: 'nn' a·b — here `F.linear` on a weight stored (n, k), as
+`nn.Linear` stores it —, 'tn' aᵀ·b, 'bnt' a·bᵀ per batch):
 
   → {"cmd": "setup_kernels", "calls": 10, "kernels": {"attention": ["bnt", [512, 64, 32], [512, 64, 32]], ...}}
   → {"cmd": "time", "what": "kernel:attention", "batch": 0, "n": 1}
@@ -129,9 +130,10 @@ def build_mlm(torch, vocab_size, max_len, width, num_layers, num_heads, mlp_dim,
 
 
 def gemm(torch, kind, a, b):
-  """One GEMM class (module docstring) as a PyTorch user writes it."""
+  """One GEMM class (module docstring) as the PyTorch step computes it: 'nn' through `F.linear` with the
+  weight stored (n, k), as `nn.Linear` keeps it (b given (k, n) is passed as its transposed view)."""
   if kind == 'nn':
-    return a @ b
+    return torch.nn.functional.linear(a, b.t())
   if kind == 'tn':
     return a.t() @ b
   if kind == 'bnt':
@@ -144,7 +146,8 @@ def kernels_setup(torch, msg):
   torch.manual_seed(0)
   calls, fns = int(msg['calls']), {}
   for name, (kind, shape_a, shape_b) in msg['kernels'].items():
-    a, b = torch.randn(*shape_a), torch.randn(*shape_b)
+    a = torch.randn(*shape_a)
+    b = torch.randn(*shape_b[::-1]).t() if kind == 'nn' else torch.randn(*shape_b)   # nn.Linear's (n, k) storage
     gemm(torch, kind, a, b)    # warm-up
     fns[f'kernel:{name}'] = lambda _batch, kind=kind, a=a, b=b: [gemm(torch, kind, a, b) for _ in range(calls)]
   return fns
