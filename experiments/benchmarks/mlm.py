@@ -258,18 +258,24 @@ def jax_gemm(kind: str):
 
 
 class JaxGemm:
-  """`KERNEL_CALLS` jitted calls of one GEMM class on fixed random operands."""
+  """`calls` back-to-back jitted products of one GEMM class on fixed random operands (`compile()` before
+  timing; `flops` per product). run.py's 1024² matmul is the 'nn' class of one call."""
 
-  def __init__(self, kind: str, dims: tuple[int, ...], seed: int = 0):
+  def __init__(self, kind: str, dims: tuple[int, ...], calls: int = KERNEL_CALLS, seed: int = 0):
     import jax
     shape_a, shape_b = gemm_shapes(kind, dims)
     ka, kb = jax.random.split(jax.random.key(seed))
     self.a, self.b = jax.random.normal(ka, shape_a), jax.random.normal(kb, shape_b)
-    self.fn = jax.jit(jax_gemm(kind)).lower(self.a, self.b).compile()
+    self.calls, self.flops = calls, 2.0 * math.prod(dims)
+    self.fn = jax.jit(jax_gemm(kind))
+
+  def compile(self) -> 'JaxGemm':
+    self.fn = self.fn.lower(self.a, self.b).compile()
+    return self
 
   def __call__(self):
     import jax
-    return jax.block_until_ready([self.fn(self.a, self.b) for _ in range(KERNEL_CALLS)])
+    return jax.block_until_ready([self.fn(self.a, self.b) for _ in range(self.calls)])
 
 
 # ------------------------------------------------------------------------------------------- torch side
@@ -339,7 +345,7 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
   head_positions = mlm_objective.num_predictions(tokens.shape[1], jax_step.objective.mask_rate)
   kernels = kernel_classes(backbone, tokens.shape[0], tokens.shape[1], head_positions, jax_step.objective.head_hidden)
   for name, (kind, dims) in kernels.items():
-    fns[f'jax_{name}_x{KERNEL_CALLS}'] = JaxGemm(kind, dims)
+    fns[f'jax_{name}_x{KERNEL_CALLS}'] = JaxGemm(kind, dims).compile()
   if torch_w:
     torch_w.ask({'cmd': 'setup_kernels', 'calls': KERNEL_CALLS,
                  'kernels': {name: [kind, *gemm_shapes(kind, dims)] for name, (kind, dims) in kernels.items()}})
@@ -355,11 +361,12 @@ def run(rounds: int, *, quick: bool = False, torch_python: str | None = None, to
   step_flops = bench_run._flops(jax_step.compiled)
   analytic = analytic_flops(backbone, tokens.shape[0], tokens.shape[1], head_positions,
                             jax_step.objective.head_hidden)
-  gflops = lambda dims, key: (2.0 * math.prod(dims) * KERNEL_CALLS / med[key] / 1e9) if key in med else None
   kernel_rows = {}
   for name, (kind, dims) in kernels.items():
-    j, t = gflops(dims, f'jax_{name}_x{KERNEL_CALLS}'), gflops(dims, f'torch_{name}_x{KERNEL_CALLS}')
-    kernel_rows[name] = {'kind': kind, 'dims': list(dims), 'gflop': 2.0 * math.prod(dims) / 1e9,
+    flops = fns[f'jax_{name}_x{KERNEL_CALLS}'].flops
+    gflops = lambda key: (flops * KERNEL_CALLS / med[key] / 1e9) if key in med else None
+    j, t = gflops(f'jax_{name}_x{KERNEL_CALLS}'), gflops(f'torch_{name}_x{KERNEL_CALLS}')
+    kernel_rows[name] = {'kind': kind, 'dims': list(dims), 'gflop': flops / 1e9,
                          'jax_gflops_per_s': round(j, 2), 'torch_gflops_per_s': None if t is None else round(t, 2),
                          'jax_time_over_torch': None if t is None else round(t / j, 4)}
   step_gflops = step_flops / med['jax_mlm_step'] / 1e9

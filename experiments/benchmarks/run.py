@@ -212,26 +212,11 @@ class _Forward:
     return jax.block_until_ready(self.fn(*self.args))
 
 
-class _Matmul:
+class _Matmul(mlm.JaxGemm):
   """A jitted float32 n×n matmul: the machine's attainable FLOP/s through XLA."""
 
   def __init__(self, n: int):
-    import jax
-    import jax.numpy as jnp
-    k1, k2 = jax.random.split(jax.random.key(0))
-    self.a, self.b = jax.random.normal(k1, (n, n), jnp.float32), jax.random.normal(k2, (n, n), jnp.float32)
-    self.fn = jax.jit(jnp.matmul)
-    self.flops = 2.0 * n ** 3
-
-  def compile(self):
-    import jax
-    import jax.numpy as jnp
-    self.fn = jax.jit(jnp.matmul).lower(self.a, self.b).compile()
-    return self
-
-  def __call__(self):
-    import jax
-    return jax.block_until_ready(self.fn(self.a, self.b))
+    super().__init__('nn', (n, n, n), calls=1)
 
 
 def _flops(compiled) -> float:
