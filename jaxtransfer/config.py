@@ -59,6 +59,7 @@ def base() -> ml_collections.ConfigDict:
   c.mlm.random_token = 0.1              # of those: → a random token (the rest stay as they are)
   c.mlm.head_hidden = 0                 # the MLM head's transform width (0 = the encoder's)
   c.mlm.whole_word = False              # select whole words (all of a word's pieces or none), not pieces
+  c.mlm.loss_normalizing_factor = 0.0   # the loss is Σ over a batch's masked tokens / this (0: / their count)
 
   c.model = ml_collections.ConfigDict()
   # Backbone spec ({'name': 'cnn' | 'resnet' | 'efficientnet_lite', **kwargs}); None with init_from = the
@@ -273,6 +274,7 @@ RANGES = {
     'mlm.mask_token': (0.0, 1.0, True, True),
     'mlm.random_token': (0.0, 1.0, True, True),
     'mlm.head_hidden': (0, None, True, True),
+    'mlm.loss_normalizing_factor': (0.0, None, True, True),
     'lora.alpha': (0.0, None, True, True),
     'mtl.pseudo_threshold': (0.5, 1.0, False, True),
     'mtl.ema_decay': (0.0, 1.0, True, False),

@@ -280,6 +280,39 @@ def test_unselected_positions_get_exactly_zero_loss_and_gradient():
   assert float(jnp.sum(nll)) == 0.0 and float(jnp.sum(correct)) == 0.0
 
 
+def test_a_constant_loss_normalizing_factor_weighs_every_masked_token_alike():
+  """`mlm.loss_normalizing_factor` N > 0: the gradient is the masked tokens' summed loss over N — the per-batch
+  mean's gradient × count / N, so a token of a batch with few masked tokens weighs what one of a full batch
+  does; 0 keeps the mean. The reported loss and accuracy are the per-token means either way, and a negative N
+  is a one-line ConfigError."""
+  from jaxtransfer import objectives
+  from jaxtransfer.models import model as model_lib
+  backbone = {'name': 'transformer', 'num_layers': 1, 'width': 16, 'num_heads': 2, 'mlp_dim': 32,
+              'vocab_size': 50, 'max_len': 24, 'dropout': 0.0}
+  model = model_lib.build({'backbone': backbone, 'head': {'name': 'mlm', 'num_outputs': 50, 'hidden': 0}})
+  params = model_lib.init(model, jax.random.key(0), (24,))['params']
+  fwd = objectives.Forward(model, {}, (), {})
+  bind = dict(mask_id=4, special_ids=(0, 1, 2, 3, 4), vocab_size=50)
+  mean, fixed = mlm.MaskedLM(**bind), mlm.MaskedLM(loss_normalizing_factor=7.0, **bind)
+  rng = np.random.default_rng(0)
+  for length in (8, 24):                                  # 1 and 3 masked tokens a row: counts 4 and 12
+    batch = {'tokens': jnp.asarray(rng.integers(5, 50, (4, length)), jnp.int32)}
+    g_mean, _, _, m_mean = jax.jit(lambda k: mean.grads(fwd, params, {}, batch, k))(jax.random.key(1))
+    g_fixed, _, _, m_fixed = jax.jit(lambda k: fixed.grads(fwd, params, {}, batch, k))(jax.random.key(1))
+    count = float(m_mean['masked_tokens'])
+    assert count == 4 * round(0.15 * length) and m_fixed['masked_tokens'] == count
+    for a, b in zip(jax.tree_util.tree_leaves(g_mean), jax.tree_util.tree_leaves(g_fixed)):
+      np.testing.assert_allclose(np.asarray(a) * count / 7.0, b, rtol=1e-4, atol=1e-5)
+    assert float(m_fixed['loss']) == float(m_mean['loss']) and float(m_fixed['masked_accuracy']) == float(
+        m_mean['masked_accuracy'])
+  c = config_lib.base()
+  c.mlm.loss_normalizing_factor = 700.0
+  assert mlm.from_config(c).loss_normalizing_factor == 700.0
+  c.mlm.loss_normalizing_factor = -1.0
+  with pytest.raises(errors.ConfigError, match='mlm.loss_normalizing_factor'):
+    config_lib.validate(c)
+
+
 def test_masked_accuracy_counts_the_argmax_hits_of_valid_positions_only():
   """`correct` (the target's logit is the only largest) equals argmax == target at valid positions, 0 elsewhere;
   a tie counts as wrong (constant logits must not read as 100 % accuracy)."""

@@ -7,11 +7,18 @@ real, non-special tokens; a selected token becomes [MASK] with probability `mlm.
 random ordinary token with `mlm.random_token` (10 %), and stays itself otherwise. With `mlm.whole_word` the
 selection takes whole words (all the pieces of a word or none, up to the same count; the tokenizer says which
 pieces continue a word: `continues_word()`), as BERT's whole-word-masking models do. Loss and accuracy are
-over the selected positions only: the head runs on the K gathered positions of each row
+over the selected positions only (the loss is their mean; with `mlm.loss_normalizing_factor` N > 0 their sum / N,
+below): the head runs on the K gathered positions of each row
 (`Model.per_token(positions=…)`) — the vocabulary projection is most of a small encoder's step, and
 computing it at every position only to zero 85 % of it would cost T/K ≈ 6.7× that part — so an unselected
 position contributes exactly zero loss and gradient. The head (`MLMHead`: dense + GELU + LayerNorm + output
 projection, untied from the token embedding; see models/heads.py) is dropped at transfer like any head.
+
+Batches of like lengths (`text.group_by_length`) hold from ~130 to ~1200 masked tokens; a per-batch mean gives each
+token of a short-sentence batch several times the weight of one in a long-sentence batch. A constant N (t5x's
+`loss_normalizing_factor`; about the masked tokens of an average batch: batch size × the mean of round(rate ×
+real tokens)) weighs every masked token alike whatever batch it lands in, as uniform batches do. The reported
+train 'loss' stays the mean per masked token.
 
 Evaluation masks the same way with a key derived from each row's own tokens (not the step), so a split
 scores the same at every evaluation and in `jaxtransfer evaluate`: metrics `masked_accuracy`, `loss` (mean
@@ -132,6 +139,7 @@ class MaskedLM(base.Objective):
   random_token: float = 0.1
   head_hidden: int = 0
   whole_word: bool = False
+  loss_normalizing_factor: float = 0.0   # > 0: the loss is Σ over the masked tokens / this constant
   mask_id: int = -1
   special_ids: tuple[int, ...] = ()
   vocab_size: int = 0
@@ -172,14 +180,16 @@ class MaskedLM(base.Objective):
     corrupted, positions, valid = self._corrupt(tokens, k_mask)
     targets = jnp.take_along_axis(tokens, positions, axis=1)
     count = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+    normalizer = self.loss_normalizing_factor if self.loss_normalizing_factor > 0 else count
 
     def loss_fn(p):
       (logits, _), new_stats = fwd.apply(p, corrupted, k_dropout, method=model_lib.Model.per_token,
                                          positions=positions)
       nll, correct = masked_losses(logits, targets, valid)
-      return jnp.sum(nll) / count, (jnp.sum(correct) / count, new_stats)
+      total = jnp.sum(nll)
+      return total / normalizer, (total / count, jnp.sum(correct) / count, new_stats)
 
-    (loss, (accuracy, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (_, (loss, accuracy, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     return grads, new_stats, state, {'loss': loss, 'masked_accuracy': accuracy,
                                      'masked_tokens': jnp.sum(valid).astype(jnp.float32)}
 
@@ -210,4 +220,5 @@ def from_config(config: ml_collections.ConfigDict) -> MaskedLM:
   m = config.get('mlm', ml_collections.ConfigDict())
   return MaskedLM(mask_rate=float(m.get('mask_rate', 0.15)), mask_token=float(m.get('mask_token', 0.8)),
                   random_token=float(m.get('random_token', 0.1)), head_hidden=int(m.get('head_hidden', 0)),
-                  whole_word=bool(m.get('whole_word', False)))
+                  whole_word=bool(m.get('whole_word', False)),
+                  loss_normalizing_factor=float(m.get('loss_normalizing_factor', 0.0)))
