@@ -7,16 +7,15 @@ real, non-special tokens; a selected token becomes [MASK] with probability `mlm.
 random ordinary token with `mlm.random_token` (10 %), and stays itself otherwise. With `mlm.whole_word` the
 selection takes whole words (all the pieces of a word or none, up to the same count; the tokenizer says which
 pieces continue a word: `continues_word()`), as BERT's whole-word-masking models do. Loss and accuracy are
-over the selected positions only (the loss is their mean; with `mlm.loss_normalizing_factor` N > 0 their sum / N,
-below): the head runs on the K gathered positions of each row
-(`Model.per_token(positions=…)`) — the vocabulary projection is most of a small encoder's step, and
-computing it at every position only to zero 85 % of it would cost T/K ≈ 6.7× that part — so an unselected
-position contributes exactly zero loss and gradient. The head (`MLMHead`: dense + GELU + LayerNorm + output
+over the selected positions only (the loss is their mean, or with `mlm.loss_normalizing_factor` N > 0 their
+sum / N, below): the head runs on the K gathered positions of each row (`Model.per_token(positions=…)`) — the
+vocabulary projection is most of a small encoder's step, and computing it at every position only to zero 85 % of
+it would cost T/K ≈ 6.7× that part — so an unselected position contributes exactly zero loss and gradient. The head (`MLMHead`: dense + GELU + LayerNorm + output
 projection, untied from the token embedding; see models/heads.py) is dropped at transfer like any head.
 
-Batches of like lengths (`text.group_by_length`) hold from ~130 to ~1200 masked tokens; a per-batch mean gives each
+Batches of like lengths (`text.group_by_length`) hold from ~130 to ~1200 masked tokens, so a per-batch mean gives a
 token of a short-sentence batch several times the weight of one in a long-sentence batch. A constant N (t5x's
-`loss_normalizing_factor`; about the masked tokens of an average batch: batch size × the mean of round(rate ×
+`loss_normalizing_factor`; set it to the masked tokens of an average batch: batch size × the mean of round(rate ×
 real tokens)) weighs every masked token alike whatever batch it lands in, as uniform batches do. The reported
 train 'loss' stays the mean per masked token.
 
